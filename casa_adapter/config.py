@@ -1,0 +1,138 @@
+"""Settings dataclasses for casa_adapter.
+
+Every knob a user can turn lives here as a documented dataclass field, so that a recipe,
+a manifest and a Python call all speak the same names:
+
+- `CasaSettings`: where the CASA layers go and how they start;
+- `LoraSettings`: LoRA on the frozen LLM (peft);
+- `VisionSettings`: the vision tower, its preprocessing and the projector.
+
+Each settings object converts to and from a plain dict (`to_dict` / `from_dict`), which is
+what the adapter manifest stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Variant = Literal["casa", "ca", "shared"]
+Init = Literal["zero", "copy"]
+Fusion = Literal["casa", "insertion"]
+
+
+class _DictMixin:
+    """`to_dict` / `from_dict` for flat settings dataclasses (used by manifests and recipes)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields are {sorted(names)}")
+        return cls(**data)
+
+
+@dataclass
+class CasaSettings(_DictMixin):
+    """Where CASA layers are attached and how they are initialised."""
+
+    every: int = 1
+    """Attach a CASA layer to every N-th decoder block (blocks N-1, 2N-1, ...; N=1: all blocks).
+    The paper's quality default is 1; larger N trades quality for cost."""
+
+    layers: list[int] | None = None
+    """Explicit decoder-block indices (negative counts from the end). Overrides `every`."""
+
+    variant: Variant = "casa"
+    """`casa`: keys = window images + window text (the paper's CA_t+v, own projections).
+    `ca`: keys = window images only, no positional encoding (Flamingo-style baseline).
+    `shared`: CASA attention computed with the block's own SA projections (no new attention
+    weights; a learned scalar gate per layer)."""
+
+    init: Init = "zero"
+    """`zero`: q/k/v (and q/k norms) copied from the block's self-attention, output projection
+    (or gate) zero, so the wrapped model starts exactly at the base model. The right start for a
+    frozen backbone. `copy`: the paper's full copy of q/k/v/o from self-attention."""
+
+    fusion: Fusion = "casa"
+    """`casa`: CASA layers; `insertion`: LLaVA-style token insertion baseline (same tower and
+    projector), for A/B comparisons."""
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"CasaSettings.every must be >= 1, got {self.every}")
+        if self.variant not in ("casa", "ca", "shared"):
+            raise ValueError(f"CasaSettings.variant must be 'casa', 'ca' or 'shared', got {self.variant!r}")
+        if self.init not in ("zero", "copy"):
+            raise ValueError(f"CasaSettings.init must be 'zero' or 'copy', got {self.init!r}")
+        if self.fusion not in ("casa", "insertion"):
+            raise ValueError(f"CasaSettings.fusion must be 'casa' or 'insertion', got {self.fusion!r}")
+
+
+@dataclass
+class LoraSettings(_DictMixin):
+    """LoRA on the frozen LLM's linear layers (through peft). CASA layers, the projector and the
+    vision tower are never LoRA targets."""
+
+    rank: int = 16
+    """LoRA rank r."""
+
+    alpha: float = 32.0
+    """LoRA scaling numerator: the update is scaled by alpha / rank."""
+
+    dropout: float = 0.0
+    """Dropout on the LoRA branch input."""
+
+    targets: list[str] | None = None
+    """Module-name suffixes inside the decoder blocks to adapt (e.g. `["q_proj", "v_proj"]`).
+    None: every linear layer of every decoder block (attention and MLP), never the LM head."""
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"LoraSettings.rank must be >= 1, got {self.rank}")
+
+
+@dataclass
+class VisionSettings(_DictMixin):
+    """The vision tower, its preprocessing and the projector to the LLM width."""
+
+    name: str = "siglip"
+    """`siglip` (open_clip `ViT-B-16-SigLIP`, 224 px, 196 tokens), `siglip-so400m`
+    (`ViT-SO400M-14-SigLIP-384`), `siglip-tiny` (a small random SigLIP-style tower for demos
+    and tests), or any open_clip model name."""
+
+    pretrained: bool | str = True
+    """True: the open_clip pretrained tag for `name` (needs the weights in the local cache or a
+    reachable hub; a clear error otherwise). False: random initialisation (the whole tower is then
+    saved in adapters). A string: an open_clip pretrained tag or a local checkpoint path."""
+
+    image_size: int | None = None
+    """Input resolution; None keeps the tower's own."""
+
+    unfreeze_last: int = 0
+    """Train the last k transformer blocks of the tower (and its final norm)."""
+
+    pool: int = 1
+    """Average-pool the patch grid by this stride before projecting (2: 4x fewer image tokens)."""
+
+    projector: Literal["mlp", "linear"] = "mlp"
+    """`mlp`: Linear-GELU-Linear (LLaVA-1.5); `linear`: one Linear."""
+
+    cache_dir: str | None = None
+    """Where open_clip looks for (and would store) pretrained weights."""
+
+    def __post_init__(self) -> None:
+        if self.unfreeze_last < 0:
+            raise ValueError(f"VisionSettings.unfreeze_last must be >= 0, got {self.unfreeze_last}")
+        if self.pool < 1:
+            raise ValueError(f"VisionSettings.pool must be >= 1, got {self.pool}")
+        if self.projector not in ("mlp", "linear"):
+            raise ValueError(f"VisionSettings.projector must be 'mlp' or 'linear', got {self.projector!r}")
+
+
+__all__ = ["CasaSettings", "LoraSettings", "VisionSettings", "Variant", "Init", "Fusion"]

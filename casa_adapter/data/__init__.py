@@ -1,0 +1,1 @@
+"""Data pipeline: WebDataset samples, conversion, packing, collation and bad-sample accounting."""
