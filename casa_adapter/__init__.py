@@ -1,1 +1,18 @@
-"""casa_adapter: retrofit a decoder-only Hugging Face LLM into a vision-language model with CASA layers."""
+"""casa_adapter: retrofit a decoder-only Hugging Face LLM into a vision-language model with CASA layers.
+
+    >>> import casa_adapter
+    >>> model = casa_adapter.wrap(llm, vision="siglip", every=2, lora=casa_adapter.LoraSettings(rank=16))  # doctest: +SKIP
+    >>> model.save_adapter("runs/demo/adapter")                                                          # doctest: +SKIP
+    >>> model = casa_adapter.load_adapter("runs/demo/adapter", llm)                                      # doctest: +SKIP
+"""
+
+from casa_adapter.checkpoint import AdapterError, load_adapter
+from casa_adapter.config import CasaSettings, LoraSettings, VisionSettings
+from casa_adapter.families import UnsupportedModelError
+from casa_adapter.inject import wrap
+from casa_adapter.model import CasaModel
+from casa_adapter.processor import Processor
+
+__all__ = ["wrap", "load_adapter", "CasaModel", "CasaSettings", "LoraSettings", "VisionSettings", "Processor",
+           "AdapterError", "UnsupportedModelError"]
+__version__ = "0.1.0"

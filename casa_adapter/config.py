@@ -42,8 +42,9 @@ class CasaSettings(_DictMixin):
     """Where CASA layers are attached and how they are initialised."""
 
     every: int = 1
-    """Attach a CASA layer to every N-th decoder block (blocks N-1, 2N-1, ...; N=1: all blocks).
-    The paper's quality default is 1; larger N trades quality for cost."""
+    """Attach a CASA layer to every N-th decoder block, counted down from the last block (which
+    always gets one): with 30 blocks and N=3, blocks 2, 5, ..., 29. N=1: all blocks, the paper's
+    quality default; larger N trades quality for cost."""
 
     layers: list[int] | None = None
     """Explicit decoder-block indices (negative counts from the end). Overrides `every`."""

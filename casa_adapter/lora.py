@@ -1,0 +1,52 @@
+"""LoRA on the frozen LLM, through peft.
+
+Targets are chosen by structure: the linear layers (nn.Linear, and GPT-2's Conv1D) inside the
+decoder blocks, filtered by `LoraSettings.targets` suffixes. LoRA is injected *before* the CASA
+layers exist, so CASA layers, the projector and the vision tower are never targets, and the LM
+head (tied or not) is never touched. peft's `inject_adapter_in_model` mutates the LLM in place
+(no PeftModel wrapper), so the rest of casa_adapter sees the same module tree.
+"""
+
+from __future__ import annotations
+
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from casa_adapter.config import LoraSettings
+
+
+def lora_target_names(llm: nn.Module, blocks_path: str, settings: LoraSettings) -> list[str]:
+    """Full module names of the linear layers in the decoder blocks that LoRA adapts."""
+    names = []
+    for name, module in llm.named_modules():
+        if not name.startswith(blocks_path + ".") or not isinstance(module, (nn.Linear, Conv1D)):
+            continue
+        if settings.targets is None or any(name.endswith("." + t) for t in settings.targets):
+            names.append(name)
+    if not names:
+        raise ValueError(f"LoRA targets {settings.targets} match no linear layer under `{blocks_path}`")
+    return names
+
+
+def apply_lora(llm: nn.Module, blocks_path: str, settings: LoraSettings) -> list[str]:
+    """Inject LoRA adapters (B initialised to zero, so outputs are unchanged) and return their targets."""
+    targets = lora_target_names(llm, blocks_path, settings)
+    uses_conv1d = any(isinstance(llm.get_submodule(n), Conv1D) for n in targets)
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=targets, fan_in_fan_out=uses_conv1d, bias="none")
+    inject_adapter_in_model(config, llm)
+    return targets
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA update into its base layer and put the plain layer back. Returns the count merged."""
+    merged = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, module.get_base_layer())
+            merged += 1
+    return merged

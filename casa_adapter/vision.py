@@ -1,0 +1,299 @@
+"""The vision encoder: a tower (images -> patch tokens), patch pooling and a projector to the LLM width.
+
+`build_vision` turns what a user writes as `vision=` into a `VisionEncoder`:
+
+- a name (`"siglip"` = open_clip `ViT-B-16-SigLIP`, `"siglip-so400m"`, `"siglip-tiny"`, or any
+  open_clip model name), a `VisionSettings`, or a spec dict written by `VisionEncoder.spec()`;
+  the towers themselves are built in `vision_towers.py`;
+- any `nn.Module` with an integer `embed_dim` that maps (B, 3, H, W) -> (B, N, D).
+
+Example (random tiny tower, no download):
+
+    >>> import torch
+    >>> from casa_adapter.vision import build_vision
+    >>> enc = build_vision("siglip-tiny", llm_hidden=96, pretrained=False, pool=2)
+    >>> x = enc.transform(torch.rand(3, 120, 90))                   # (3, 64, 64), normalised
+    >>> enc(x[None]).shape                                           # 8x8 grid pooled to 4x4
+    torch.Size([1, 16, 96])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from .config import VisionSettings
+from .vision_towers import build_tower
+
+DEFAULT_MEAN_STD = (0.5, 0.5, 0.5)
+"""Normalisation of a custom tower that declares no `mean` / `std` (SigLIP's)."""
+
+
+class PatchPool(nn.Module):
+    """Average-pool a square patch grid by `stride` (ceil mode; partial windows average what they
+    cover): (n, h*w, D) -> (n, ceil(h/s)*ceil(w/s), D). `stride=1` is the identity."""
+
+    def __init__(self, stride: int = 1):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride == 1:
+            return x
+        n, tokens, dim = x.shape
+        side = square_side(tokens, self.stride)
+        grid = x.transpose(1, 2).reshape(n, dim, side, side)  # (n, D, h, w)
+        grid = F.avg_pool2d(grid, self.stride, self.stride, ceil_mode=True)  # (n, D, h', w')
+        return grid.flatten(2).transpose(1, 2)  # (n, N', D)
+
+
+def square_side(tokens: int, stride: int) -> int:
+    """Side h of a square grid of `tokens` patches; a clear error when it is not square."""
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"pool={stride} needs a square patch grid, but the tower returns N={tokens} tokens, "
+                         "which is not a perfect square (does it keep a class token?)")
+    return side
+
+
+def make_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+    """`mlp`: Linear(D, H)-GELU-Linear(H, H) (LLaVA-1.5); `linear`: Linear(D, H)."""
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+    raise ValueError(f"projector must be 'mlp' or 'linear', got {kind!r}")
+
+
+class VisionEncoder(nn.Module):
+    """Images (n, 3, S, S) -> LLM-width image tokens (n, N', llm_hidden).
+
+    `tower` gives patch features (n, N, D), `pool` average-pools the patch grid, `projector`
+    maps D to the LLM width. Only the projector (and the last `unfreeze_last` tower blocks plus
+    the tower's final norm) train; see `freeze`. `transform` is the matching preprocessing.
+    `settings` is the `VisionSettings` a named tower was built from (None for a custom module).
+    """
+
+    def __init__(self, tower: nn.Module, embed_dim: int, llm_hidden: int, *, image_size: int = 224,
+                 mean: tuple[float, float, float] = DEFAULT_MEAN_STD,
+                 std: tuple[float, float, float] = DEFAULT_MEAN_STD, pool: int = 1, projector: str = "mlp",
+                 unfreeze_last: int = 0, settings: VisionSettings | None = None):
+        super().__init__()
+        self.tower = tower
+        self.pool = PatchPool(pool)
+        self.projector = make_projector(projector, embed_dim, llm_hidden)
+        self.embed_dim, self.llm_hidden, self.projector_kind = embed_dim, llm_hidden, projector
+        self.image_size = image_size
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self.unfreeze_last, self.settings = unfreeze_last, settings
+        self._tokens: int | None = None
+        self._check_unfreeze()
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(n, 3, H, W) -> (n, N', llm_hidden) in the projector's dtype. A fully frozen tower
+        runs without autograd."""
+        tower_param = next(self.tower.parameters(), None)
+        images = images.to(tower_param.dtype) if tower_param is not None else images
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._tower_trains()):
+            feats = self.tower(images)  # (n, N, D)
+        if feats.ndim != 3 or feats.shape[-1] != self.embed_dim:
+            raise ValueError(f"vision tower {type(self.tower).__name__} returned shape {tuple(feats.shape)}; "
+                             f"expected (n, N, embed_dim={self.embed_dim})")
+        feats = self.pool(feats)  # (n, N', D)
+        proj_dtype = next(self.projector.parameters()).dtype
+        return self.projector(feats.to(proj_dtype))  # (n, N', llm_hidden)
+
+    def num_tokens(self) -> int:
+        """N': image tokens per image after pooling."""
+        if self._tokens is None:
+            h, w = self._grid()
+            s = self.pool.stride
+            self._tokens = -(-h // s) * -(-w // s)
+        return self._tokens
+
+    def _grid(self) -> tuple[int, int]:
+        grid = getattr(self.tower, "grid_size", None)
+        if isinstance(grid, (tuple, list)) and len(grid) == 2:
+            return int(grid[0]), int(grid[1])
+        param = next(self.tower.parameters(), None)
+        probe = torch.zeros(1, 3, self.image_size, self.image_size,
+                            dtype=param.dtype if param is not None else torch.float32,
+                            device=param.device if param is not None else None)
+        with torch.no_grad():
+            tokens = self.tower(probe).shape[1]  # (1, N, D) -> N
+        if self.pool.stride == 1:
+            return tokens, 1
+        side = square_side(tokens, self.pool.stride)
+        return side, side
+
+    def transform(self, image: Image.Image | np.ndarray | Tensor) -> Tensor:
+        """One image -> (3, image_size, image_size) float32, normalised with `mean` / `std`.
+
+        Accepts a PIL image (any mode, RGB-converted), an (H, W[, C]) ndarray or a (C, H, W) /
+        (H, W) tensor (uint8 in [0, 255] or float in [0, 1]; 1 channel is repeated, alpha
+        dropped). The shorter side is resized to `image_size` (bicubic, antialiased), then
+        center-cropped."""
+        x = _to_float_chw(image)  # (3, H, W) in [0, 1]
+        x = _resize_center_crop(x, self.image_size)  # (3, S, S)
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        return (x - mean) / std
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON-able description for adapter manifests; `build_vision(spec)` rebuilds a named
+        tower. A custom tower's spec records its class; the module itself is passed again."""
+        if self.settings is not None:
+            return {"kind": "open_clip", "settings": self.settings.to_dict()}
+        cls = type(self.tower)
+        return {"kind": "custom", "class": f"{cls.__module__}.{cls.__qualname__}", "embed_dim": self.embed_dim,
+                "image_size": self.image_size, "pool": self.pool.stride, "projector": self.projector_kind,
+                "unfreeze_last": self.unfreeze_last}
+
+    def trainable_tower_prefixes(self) -> list[str]:
+        """Parameter-name prefixes (relative to this encoder, ending in ".") of the unfrozen tower
+        blocks and final norm; [] when `unfreeze_last == 0`."""
+        if self.unfreeze_last == 0:
+            return []
+        blocks_path, norm_paths = tower_layout(self.tower)
+        count = len(self.tower.get_submodule(blocks_path))
+        blocks = [f"tower.{blocks_path}.{i}." for i in range(count - self.unfreeze_last, count)]
+        norms = [f"tower.{p}." for p in norm_paths if any(True for _ in self.tower.get_submodule(p).parameters())]
+        return blocks + norms
+
+    def freeze(self) -> None:
+        """Tower frozen except `trainable_tower_prefixes()`; projector trainable."""
+        prefixes = tuple(self.trainable_tower_prefixes())
+        for name, param in self.tower.named_parameters(prefix="tower"):
+            param.requires_grad_(name.startswith(prefixes) if prefixes else False)
+        self.projector.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> VisionEncoder:
+        """Like `nn.Module.train`, but a fully frozen tower stays in eval mode."""
+        super().train(mode)
+        if mode and not self._tower_trains():
+            self.tower.eval()
+        return self
+
+    def _tower_trains(self) -> bool:
+        return any(p.requires_grad for p in self.tower.parameters())
+
+    def _check_unfreeze(self) -> None:
+        if self.unfreeze_last == 0:
+            return
+        blocks_path, _ = tower_layout(self.tower)
+        if blocks_path is None:
+            raise ValueError(f"unfreeze_last={self.unfreeze_last} needs the vision tower to expose its transformer "
+                             f"blocks as a `blocks` nn.ModuleList; {type(self.tower).__name__} has none")
+        count = len(self.tower.get_submodule(blocks_path))
+        if self.unfreeze_last > count:
+            raise ValueError(f"unfreeze_last={self.unfreeze_last} but the vision tower has only {count} blocks")
+
+
+def tower_layout(tower: nn.Module) -> tuple[str | None, tuple[str, ...]]:
+    """(path of the transformer-block ModuleList or None, paths of the final norms) in `tower`.
+
+    Built-in towers declare `blocks_path` / `norm_paths`; a custom module is expected to have a
+    `blocks` nn.ModuleList and optionally a final norm named `norm`, `ln_post`, `final_norm`,
+    `post_layernorm` or `ln_f`."""
+    if hasattr(type(tower), "blocks_path"):
+        return tower.blocks_path, tuple(tower.norm_paths)
+    blocks = "blocks" if isinstance(getattr(tower, "blocks", None), nn.ModuleList) else None
+    norms = [n for n in ("norm", "ln_post", "final_norm", "post_layernorm", "ln_f")
+             if isinstance(getattr(tower, n, None), nn.Module)]
+    return blocks, tuple(norms[:1])
+
+
+def _to_float_chw(image: Image.Image | np.ndarray | Tensor) -> Tensor:
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = image[..., None]  # (H, W, 1)
+        image = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (C, H, W), a writable copy
+    if not isinstance(image, Tensor):
+        raise TypeError(f"transform() takes a PIL image, a numpy array or a tensor, got {type(image).__name__}")
+    x = image[None] if image.ndim == 2 else image  # (C, H, W)
+    if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
+        raise ValueError(f"transform() expects (H, W[, C]) arrays or (C, H, W) tensors with C in 1/3/4, "
+                         f"got shape {tuple(image.shape)}")
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    return x.expand(3, -1, -1) if x.shape[0] == 1 else x[:3]  # (3, H, W)
+
+
+def _resize_center_crop(x: Tensor, size: int) -> Tensor:
+    _, h, w = x.shape
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    if (new_h, new_w) != (h, w):
+        x = F.interpolate(x[None], size=(new_h, new_w), mode="bicubic", antialias=True,
+                          align_corners=False)[0].clamp(0.0, 1.0)  # (3, new_h, new_w)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return x[:, top:top + size, left:left + size]  # (3, size, size)
+
+
+def build_vision(vision: str | VisionSettings | dict | nn.Module, llm_hidden: int, *,
+                 unfreeze_last: int | None = None, pool: int | None = None, projector: str | None = None,
+                 pretrained: bool | str | None = None) -> VisionEncoder:
+    """Build the frozen vision encoder for `vision=` (see the module docstring); keyword
+    arguments that are not None override the settings."""
+    overrides = {k: v for k, v in dict(unfreeze_last=unfreeze_last, pool=pool, projector=projector,
+                                       pretrained=pretrained).items() if v is not None}
+    if isinstance(vision, VisionEncoder):
+        return _reuse(vision, llm_hidden, overrides)
+    if isinstance(vision, nn.Module):
+        encoder = _from_module(vision, llm_hidden, overrides)
+    else:
+        settings = dataclasses.replace(as_vision_settings(vision), **overrides)
+        built = build_tower(settings)
+        encoder = VisionEncoder(built.tower, built.embed_dim, llm_hidden, image_size=built.image_size,
+                                mean=built.mean, std=built.std, pool=settings.pool, projector=settings.projector,
+                                unfreeze_last=settings.unfreeze_last, settings=settings)
+    encoder.freeze()
+    return encoder
+
+
+def as_vision_settings(vision: str | VisionSettings | dict) -> VisionSettings:
+    """A `VisionSettings` from a name, a settings object, a settings dict or an encoder spec."""
+    if isinstance(vision, VisionSettings):
+        return vision
+    if isinstance(vision, str):
+        return VisionSettings(name=vision)
+    if isinstance(vision, dict) and vision.get("kind") == "custom":
+        raise ValueError(f"the vision spec describes a custom tower ({vision.get('class')}); it cannot be rebuilt "
+                         "from the spec: pass the module again as vision=")
+    if isinstance(vision, dict):
+        return VisionSettings.from_dict(vision["settings"] if "kind" in vision else vision)
+    raise TypeError(f"vision= takes a name, VisionSettings, spec dict or nn.Module, got {type(vision).__name__}")
+
+
+def _from_module(module: nn.Module, llm_hidden: int, overrides: dict[str, Any]) -> VisionEncoder:
+    embed_dim = getattr(module, "embed_dim", None)
+    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool):
+        raise TypeError(f"{type(module).__name__} cannot be used as a vision tower: it needs an integer attribute "
+                        f"`embed_dim` (the width D of its (B, N, D) output), found {embed_dim!r}")
+    if "pretrained" in overrides:
+        raise ValueError("pretrained= applies to named (open_clip) towers, not to a custom nn.Module")
+    checked = VisionSettings(name=type(module).__name__, pretrained=False, **overrides)  # validates values
+    size = getattr(module, "image_size", 224)
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return VisionEncoder(module, embed_dim, llm_hidden, image_size=size,
+                         mean=tuple(getattr(module, "mean", DEFAULT_MEAN_STD)),
+                         std=tuple(getattr(module, "std", DEFAULT_MEAN_STD)),
+                         pool=checked.pool, projector=checked.projector, unfreeze_last=checked.unfreeze_last)
+
+
+def _reuse(encoder: VisionEncoder, llm_hidden: int, overrides: dict[str, Any]) -> VisionEncoder:
+    if overrides or encoder.llm_hidden != llm_hidden:
+        raise ValueError(f"vision= is an already built VisionEncoder (llm_hidden={encoder.llm_hidden}); it is used "
+                         f"as is, so it cannot take overrides {sorted(overrides)} or llm_hidden={llm_hidden}")
+    return encoder
+
+
+__all__ = ["VisionEncoder", "build_vision", "as_vision_settings", "PatchPool", "make_projector", "tower_layout"]
