@@ -30,7 +30,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .config import VisionSettings
-from .vision_towers import build_tower
+from .vision_towers import LOCAL_TOWERS, build_tower
 
 DEFAULT_MEAN_STD = (0.5, 0.5, 0.5)
 """Normalisation of a custom tower that declares no `mean` / `std` (SigLIP's)."""
@@ -251,6 +251,8 @@ def build_vision(vision: str | VisionSettings | dict | nn.Module, llm_hidden: in
         encoder = _from_module(vision, llm_hidden, overrides)
     else:
         settings = dataclasses.replace(as_vision_settings(vision), **overrides)
+        if settings.name in LOCAL_TOWERS and settings.pretrained is True:  # no published weights: say so
+            settings = dataclasses.replace(settings, pretrained=False)
         built = build_tower(settings)
         encoder = VisionEncoder(built.tower, built.embed_dim, llm_hidden, image_size=built.image_size,
                                 mean=built.mean, std=built.std, pool=settings.pool, projector=settings.projector,

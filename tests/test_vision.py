@@ -304,6 +304,12 @@ def test_custom_spec_names_the_class_and_is_not_rebuildable():
         build_vision(spec, H)
 
 
+def test_siglip_tiny_is_random_and_its_spec_says_so(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = build_vision("siglip-tiny", H)  # pretrained=True by default: there are no weights to fetch
+    assert enc.spec()["settings"]["pretrained"] is False  # so adapters save the random tower
+
+
 def test_keyword_overrides_apply_on_settings():
     settings = VisionSettings(name="siglip-tiny", pretrained=False, pool=1, unfreeze_last=0)
     enc = build_vision(settings, H, pool=2, unfreeze_last=2)
