@@ -1,7 +1,7 @@
 """The `casa-adapter` console script.
 
 Subcommand groups are dispatched here; each group lives with the code it drives:
-`data ...` in `casa_adapter.data.commands`.
+`data ...` in `casa_adapter.data.commands`, `bench ...` in `casa_adapter.bench.commands`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ USAGE = """usage: casa-adapter COMMAND [ARGS]
 commands:
   data      data tools: check shards, convert LLaVA json / image folders, make the demo set
             (casa-adapter data --help)
+  bench     CASA vs token insertion, side by side: stream, train, kernel
+            (casa-adapter bench --help)
 """
 
 
@@ -26,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         from casa_adapter.data.commands import main as data_main
 
         return data_main(rest)
+    if command == "bench":
+        from casa_adapter.bench.commands import main as bench_main
+
+        return bench_main(rest)
     print(f"casa-adapter: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

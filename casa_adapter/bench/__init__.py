@@ -1,0 +1,1 @@
+"""Benchmarks: CASA and token insertion side by side in one process (`casa-adapter bench ...`)."""
