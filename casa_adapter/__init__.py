@@ -13,6 +13,15 @@ from casa_adapter.inject import wrap
 from casa_adapter.model import CasaModel
 from casa_adapter.processor import Processor
 
-__all__ = ["wrap", "load_adapter", "CasaModel", "CasaSettings", "LoraSettings", "VisionSettings", "Processor",
-           "AdapterError", "UnsupportedModelError"]
+__all__ = ["wrap", "load_adapter", "CasaModel", "CasaModule", "CasaSettings", "LoraSettings", "VisionSettings",
+           "Processor", "AdapterError", "UnsupportedModelError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`CasaModule` is imported on first use, so `import casa_adapter` does not pay for Lightning."""
+    if name == "CasaModule":
+        from casa_adapter.module import CasaModule
+
+        return CasaModule
+    raise AttributeError(f"module 'casa_adapter' has no attribute {name!r}")

@@ -11,13 +11,23 @@ window sees all of them; text keys of the window are seen causally. Window 0 is 
 Window ids are unique within a row, so packed samples never see each other.
 
 - `reference_casa_attention`: plain dense-mask softmax, the source of truth for tests;
-- `sdpa_casa_attention`: the same dense mask through `scaled_dot_product_attention`.
+- `sdpa_casa_attention`: the same dense mask through `scaled_dot_product_attention`;
+- `windowed_casa_attention` (`casa_adapter.windowed`): per-window blocks, bucketed SDPA; never
+  forms the dense mask;
+- `flash_casa_attention` (`casa_adapter.flash`): FlashAttention varlen over the windows (CUDA, reached
+  through "auto");
+- `auto_casa_attention`: picks one of these per call (see its docstring).
+
+All take (q, k, v, q_window, q_index, k_window, k_index, scaling); docs/kernels.md compares them.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from casa_adapter.flash import flash_casa_attention, use_flash
+from casa_adapter.windowed import windowed_casa_attention
 
 
 def casa_mask(q_window: torch.Tensor, q_index: torch.Tensor, k_window: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
@@ -52,4 +62,23 @@ def sdpa_casa_attention(q, k, v, q_window, q_index, k_window, k_index, scaling: 
     return out * has_key.unsqueeze(1).to(out.dtype)
 
 
-KERNELS = {"reference": reference_casa_attention, "sdpa": sdpa_casa_attention}
+def auto_casa_attention(q, k, v, q_window, q_index, k_window, k_index, scaling: float) -> torch.Tensor:
+    """FlashAttention varlen on CUDA in fp16/bf16 when `flash-attn` is installed; the dense SDPA kernel for
+    one query per row (a decode step: nothing to group, its mask is (B, 1, K)); the windowed kernel otherwise."""
+    if use_flash(q):
+        kernel = flash_casa_attention
+    elif q.shape[2] == 1:
+        kernel = sdpa_casa_attention
+    else:
+        kernel = windowed_casa_attention
+    return kernel(q, k, v, q_window, q_index, k_window, k_index, scaling)
+
+
+KERNELS = {
+    "reference": reference_casa_attention,
+    "sdpa": sdpa_casa_attention,
+    "windowed": windowed_casa_attention,
+    "auto": auto_casa_attention,
+}
+"""Kernel names for `wrap(kernel=...)`. The flash path has no entry of its own: it needs CUDA and flash-attn,
+and "auto" takes it whenever it can run."""

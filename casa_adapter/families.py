@@ -12,6 +12,7 @@ calls the block's live projections.
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -106,8 +107,9 @@ def _structural_spec(llm: nn.Module, model_type: str) -> FamilySpec:
             f" [q; k; v] qkv_proj with an output projection ({'/'.join(_OUT_NAMES)}); children are"
             f" {[n for n, _ in attn.named_children()]}. Add a FamilySpec (docs/adding-a-family.md)."
         )
+    rope = "position_embeddings" in inspect.signature(type(attn).forward).parameters
     return FamilySpec(blocks=blocks_path, attention=attn_name, layout=layout, qkv=qkv, o=out,
-                      q_norm=norms[0], k_norm=norms[1])
+                      q_norm=norms[0], k_norm=norms[1], rope=rope)
 
 
 def family_spec(llm: nn.Module) -> FamilySpec:

@@ -40,13 +40,23 @@ def apply_lora(llm: nn.Module, blocks_path: str, settings: LoraSettings) -> list
     return targets
 
 
-def merge_lora(model: nn.Module) -> int:
-    """Fold every LoRA update into its base layer and put the plain layer back. Returns the count merged."""
-    merged = 0
+def _replace_lora(model: nn.Module, merge: bool) -> int:
+    count = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, LoraLayer):
-            module.merge()
+            if merge:
+                module.merge()
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, module.get_base_layer())
-            merged += 1
-    return merged
+            count += 1
+    return count
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA update into its base layer and put the plain layer back. Returns the count merged."""
+    return _replace_lora(model, merge=True)
+
+
+def remove_lora(model: nn.Module) -> int:
+    """Drop every LoRA adapter, putting the untouched base layers back. Returns the count removed."""
+    return _replace_lora(model, merge=False)

@@ -1,9 +1,11 @@
 """`CasaModel`: a wrapped LLM, its vision encoder, and the CASA layers between them.
 
-The model owns three things: the LLM (modified in place: CASA layers beside chosen blocks'
-self-attention, a marker embedding, optional LoRA), the vision encoder (tower + projector), and
-the settings that built them. Images reach the CASA layers through one channel: the
-`CasaInputs` built here and passed down the HF forward as `casa_inputs`.
+`FusionModel` is what both fusions share: the LLM (modified in place: optional LoRA), the vision
+encoder (tower + projector), the settings that built them, the trainable set, image encoding and
+adapter saving. `CasaModel` adds CASA layers beside chosen blocks' self-attention and a marker
+embedding; `casa_adapter.insertion.InsertionModel` is the token-insertion baseline. Images reach
+the CASA layers through one channel: the `CasaInputs` built here and passed down the HF forward
+as `casa_inputs`.
 
 Example:
     >>> import torch, casa_adapter
@@ -23,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -36,8 +38,14 @@ from casa_adapter.windows import CasaCache, CasaInputs, build_inputs
 ImagesArg = list[Any] | None
 
 
-class CasaModel(nn.Module):
-    """An HF causal LM with CASA layers and a vision encoder. Build it with `casa_adapter.wrap`."""
+class FusionModel(nn.Module):
+    """What CASA and token insertion share: LLM + vision encoder, trainable set, image encoding, adapters.
+
+    Subclasses define `image_token_id`, `forward`, `generate` and `stream`, and may add trainable
+    groups (`GROUPS`, `_classifier`)."""
+
+    GROUPS: tuple[str, ...] = ("lora", "projector", "vision")
+    """Trainable groups, in order; `trainable_groups()` returns exactly these keys."""
 
     def __init__(self, llm: nn.Module, vision: nn.Module, settings: CasaSettings, layer_indices: list[int],
                  lora: LoraSettings | None, base_fingerprint: str, lora_targets: list[str] | None = None,
@@ -55,7 +63,7 @@ class CasaModel(nn.Module):
     @property
     def image_token_id(self) -> int:
         """The id that marks each image insertion point in `input_ids` (one past the embedding table)."""
-        return self.llm.get_input_embeddings().marker_id
+        raise NotImplementedError
 
     @property
     def config(self):
@@ -66,27 +74,27 @@ class CasaModel(nn.Module):
         return next(self.llm.parameters()).device
 
     # -- trainable set -------------------------------------------------------------------
-    def _group(self, name: str, casa_prefixes: tuple[str, ...]) -> str | None:
-        """Which trainable group a parameter name belongs to, or None for frozen."""
-        if name.startswith(casa_prefixes):
-            return "casa"
-        if name.endswith(".marker") and name.startswith("llm."):
-            return "marker"
-        if "lora_" in name:
-            return "lora"
-        if name.startswith("vision.projector."):
-            return "projector"
+    def _classifier(self) -> Callable[[str], str | None]:
+        """A function: parameter name -> its trainable group, or None for frozen."""
         vision_prefixes = tuple("vision." + p for p in self.vision.trainable_tower_prefixes())
-        if vision_prefixes and name.startswith(vision_prefixes):
-            return "vision"
-        return None
+
+        def classify(name: str) -> str | None:
+            if "lora_" in name:
+                return "lora"
+            if name.startswith("vision.projector."):
+                return "projector"
+            if vision_prefixes and name.startswith(vision_prefixes):
+                return "vision"
+            return None
+
+        return classify
 
     def trainable_groups(self) -> dict[str, list[str]]:
-        """Trainable parameter names by group: casa, marker, lora, projector, vision."""
-        casa_prefixes = tuple(f"{n}." for n, m in self.named_modules() if isinstance(m, CasaLayer))
-        groups: dict[str, list[str]] = {"casa": [], "marker": [], "lora": [], "projector": [], "vision": []}
+        """Trainable parameter names by group (`GROUPS`)."""
+        classify = self._classifier()
+        groups: dict[str, list[str]] = {g: [] for g in self.GROUPS}
         for name, _ in self.named_parameters():
-            group = self._group(name, casa_prefixes)
+            group = classify(name)
             if group is not None:
                 groups[group].append(name)
         return groups
@@ -98,7 +106,7 @@ class CasaModel(nn.Module):
             param.requires_grad_(name in trainable)
 
     def trainable_parameter_names(self) -> list[str]:
-        """Exactly what trains: CASA layers, the marker embedding, LoRA, projector, unfrozen vision blocks."""
+        """Exactly what trains (see `trainable_groups`)."""
         return [n for names in self.trainable_groups().values() for n in names]
 
     def trainable_counts(self) -> dict[str, int]:
@@ -123,19 +131,65 @@ class CasaModel(nn.Module):
             start += n
         return out
 
+    def _row_features(self, input_ids: torch.Tensor, images: ImagesArg) -> list[torch.Tensor | None]:
+        """Projected image tokens per row of `input_ids` (None for a row without images)."""
+        features = self.encode_images(images)
+        if len(features) not in (0, input_ids.shape[0]):
+            raise ValueError(f"images has {len(features)} entries but the batch has {input_ids.shape[0]} rows")
+        return features or [None] * input_ids.shape[0]
+
+    # -- streaming ------------------------------------------------------------------------
+    def stream(self):
+        """A streaming session (batch 1): `add_image`, `add_text`, `generate`, `state_bytes`.
+        See `casa_adapter.stream` and docs/streaming.md."""
+        raise NotImplementedError
+
+    # -- adapters ------------------------------------------------------------------------
+    def merge_lora(self) -> int:
+        """Fold LoRA into the LLM's weights for inference; returns how many layers were merged."""
+        merged = merge_lora(self.llm)
+        self.lora_targets = []
+        return merged
+
+    def save_adapter(self, directory: str) -> None:
+        """Write the trainable weights (safetensors) and a JSON manifest to `directory`, atomically."""
+        from casa_adapter.checkpoint import save_adapter
+
+        save_adapter(self, directory)
+
+
+class CasaModel(FusionModel):
+    """An HF causal LM with CASA layers and a vision encoder. Build it with `casa_adapter.wrap`."""
+
+    GROUPS = ("casa", "marker", "lora", "projector", "vision")
+
+    @property
+    def image_token_id(self) -> int:
+        """The id that marks each image insertion point in `input_ids` (one past the embedding table)."""
+        return self.llm.get_input_embeddings().marker_id
+
+    def _classifier(self) -> Callable[[str], str | None]:
+        casa_prefixes = tuple(f"{n}." for n, m in self.named_modules() if isinstance(m, CasaLayer))
+        shared = super()._classifier()
+
+        def classify(name: str) -> str | None:
+            if name.startswith(casa_prefixes):
+                return "casa"
+            if name.endswith(".marker") and name.startswith("llm."):
+                return "marker"
+            return shared(name)
+
+        return classify
+
     def casa_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     images: ImagesArg = None, sample_ids: torch.Tensor | None = None) -> CasaInputs | None:
         """The window layout and image tokens for one call; None for text-only input without markers."""
         has_markers = bool((input_ids == self.image_token_id).any())
         if not images and not has_markers:
             return None
-        features = self.encode_images(images)
-        if len(features) not in (0, input_ids.shape[0]):
-            raise ValueError(f"images has {len(features)} entries but the batch has {input_ids.shape[0]} rows")
-        features = features or [None] * input_ids.shape[0]
+        features = self._row_features(input_ids, images)
         return build_inputs(input_ids, self.image_token_id, features, attention_mask, sample_ids)
 
-    # -- forward / generate ------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, images: ImagesArg = None,
                 labels: torch.Tensor | None = None, **kwargs):
         """HF-style causal-LM output with `.loss` (when labels are given) and `.logits` (B, T, V)."""
@@ -154,24 +208,17 @@ class CasaModel(nn.Module):
         if inputs is not None and expand > 1:
             inputs = inputs.expand(expand)
         cache = CasaCache(config=self.llm.config, pending=inputs)
-        generate_kwargs[_cache_kwarg(self.llm)] = cache
+        generate_kwargs[cache_kwarg(self.llm)] = cache
         return self.llm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
 
-    # -- adapters ------------------------------------------------------------------------
-    def merge_lora(self) -> int:
-        """Fold LoRA into the LLM's weights for inference; returns how many layers were merged."""
-        merged = merge_lora(self.llm)
-        self.lora_targets = []
-        return merged
+    def stream(self):
+        """A streaming session: each `add_image` opens a window; state bounded by the window + text seen."""
+        from casa_adapter.stream import CasaStream
 
-    def save_adapter(self, directory: str) -> None:
-        """Write the trainable weights (safetensors) and a JSON manifest to `directory`, atomically."""
-        from casa_adapter.checkpoint import save_adapter
-
-        save_adapter(self, directory)
+        return CasaStream(self)
 
 
-def _cache_kwarg(llm: nn.Module) -> str:
+def cache_kwarg(llm: nn.Module) -> str:
     """transformers renamed `past_key_values` to `cache` (5.2x); use whichever this version's forward names."""
     return "cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values"
 

@@ -118,3 +118,17 @@ def test_saving_after_merge_is_refused(tmp_path):
     model.merge_lora()
     with pytest.raises(casa_adapter.AdapterError, match="before merging"):
         model.save_adapter(tmp_path / "a")
+
+
+def test_custom_tower_with_other_weights_is_refused(tmp_path):
+    model = trained()
+    model.save_adapter(tmp_path / "a")
+    with pytest.raises(casa_adapter.AdapterError, match="vision tower passed has fingerprint"):
+        casa_adapter.load_adapter(tmp_path / "a", tiny_llm(), vision=tiny_tower(seed=99))
+
+
+def test_dtype_is_named_when_the_base_differs_only_in_dtype(tmp_path):
+    model = trained()
+    model.save_adapter(tmp_path / "a")
+    with pytest.raises(casa_adapter.AdapterError, match="float32.*bfloat16"):
+        casa_adapter.load_adapter(tmp_path / "a", tiny_llm().to(torch.bfloat16), vision=tiny_tower())

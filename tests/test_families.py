@@ -63,3 +63,35 @@ def test_gpt2_has_no_rope_and_ca_variant_has_no_positions():
     assert model.llm.model.layers[0].self_attn.casa.rope_fn is None
     model = casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), variant="casa")
     assert model.llm.model.layers[0].self_attn.casa.rope_fn is not None
+
+
+def test_family_whose_blocks_drop_kwargs_is_refused_and_left_untouched():
+    """StableLM's decoder layer does not pass **kwargs to attention: images could never arrive."""
+    cfg = tf.StableLmConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2)
+    llm = tf.StableLmForCausalLM(cfg)
+    state = {k: v.clone() for k, v in llm.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in llm.named_parameters()}
+    with pytest.raises(casa_adapter.UnsupportedModelError, match="'stablelm'.*do not pass keyword arguments"):
+        casa_adapter.wrap(llm, vision=tiny_tower(), lora=casa_adapter.LoraSettings(rank=2))
+    after = llm.state_dict()
+    assert set(after) == set(state) and all(torch.equal(state[k], after[k]) for k in state)  # LoRA and CASA removed
+    assert grads == {n: p.requires_grad for n, p in llm.named_parameters()}
+
+
+def test_fallback_without_rope_wraps_opt():
+    cfg = tf.OPTConfig(vocab_size=96, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
+                       word_embed_proj_dim=64)
+    llm = tf.OPTForCausalLM(cfg).eval()
+    model = casa_adapter.wrap(llm, vision=tiny_tower(), init="copy")
+    assert model.llm.model.decoder.layers[0].self_attn.casa.rope_fn is None
+    ids = torch.randint(4, 90, (1, 8))
+    ids[0, 3] = model.image_token_id
+    a = model(ids, images=[torch.rand(1, 3, 16, 16)]).logits
+    b = model(ids, images=[torch.rand(1, 3, 16, 16)]).logits
+    assert torch.equal(a[0, :3], b[0, :3]) and not torch.allclose(a[0, 3:], b[0, 3:])
+
+
+def test_not_a_causal_lm_is_a_clear_error():
+    with pytest.raises(casa_adapter.UnsupportedModelError, match="no `config.model_type`"):
+        casa_adapter.wrap(torch.nn.Linear(2, 2), vision=tiny_tower())

@@ -1,0 +1,136 @@
+"""What `bench stream` and `bench train` share: settings to flags, the base model, a vision tower of
+exactly N tokens, the two fusions built on the same weights, machine facts, tables and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FUSIONS = ("casa", "insertion")
+
+
+class BenchTower(nn.Module):
+    """(n, 3, S, S) -> (n, tokens, 32): pixels average-pooled to `tokens` slots and projected.
+
+    A stand-in tower whose token count is whatever the benchmark asks for and whose cost is
+    negligible and identical for both fusions: the benchmarks measure the LLM side, not vision."""
+
+    embed_dim = 32
+
+    def __init__(self, tokens: int, image_size: int = 16):
+        super().__init__()
+        self.tokens, self.image_size = tokens, image_size
+        self.proj = nn.Linear(3, self.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool1d(x.flatten(2), self.tokens)  # (n, 3, tokens)
+        return self.proj(pooled.transpose(1, 2))  # (n, tokens, E)
+
+
+def add_settings_arguments(parser, cls) -> None:
+    """One `--kebab-name` flag per field of the settings dataclass `cls` (help from field metadata)."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            continue
+        kind = type(f.default) if f.default is not None else str
+        parser.add_argument(flag, type=kind, default=f.default, choices=choices,
+                            help=f"{help_text} (default: {f.default})")
+
+
+def settings_from(args, cls):
+    """The settings dataclass `cls` from parsed arguments."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def set_threads(threads: int) -> None:
+    """torch CPU threads; 0 keeps torch's default. One thread is steadier when other processes share the cores."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def load_llm(name: str, dtype: str, device: str) -> nn.Module:
+    """The frozen base LLM named `name` (see `casa_adapter.base_models.load_base`), on `device`."""
+    from casa_adapter.base_models import load_base
+
+    llm, _ = load_base(name, DTYPES[dtype])
+    return llm.to(device=device, dtype=DTYPES[dtype]).eval()
+
+
+def build(base: nn.Module, fusion: str, tokens: int, every: int, kernel: str | None, seed: int = 0,
+          lora: int = 0, copy_base: bool = True):
+    """`wrap()` a copy of `base` (so both fusions share the same weights) with a `BenchTower`.
+    lora: LoRA rank on the backbone (0: none)."""
+    import casa_adapter
+
+    llm = copy.deepcopy(base) if copy_base else base
+    torch.manual_seed(seed)
+    kw = {} if kernel is None else {"kernel": kernel}
+    settings = casa_adapter.LoraSettings(rank=lora) if lora else None
+    model = casa_adapter.wrap(llm, vision=BenchTower(tokens), every=every, fusion=fusion, lora=settings, **kw)
+    ref = next(llm.parameters())
+    return model.to(device=ref.device).eval()
+
+
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def machine(device: str) -> dict:
+    """What ran the benchmark: CPU, cores, load average at the start, torch, threads, GPU."""
+    info = {"platform": platform.platform(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "device": device}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A plain fixed-width text table."""
+    cells = [headers] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def write_json(path: str | None, data: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2))
+        print(f"wrote {path}")

@@ -1,0 +1,169 @@
+"""`InsertionModel`: the LLaVA-style token-insertion baseline, `wrap(llm, ..., fusion="insertion")`.
+
+Same vision tower, projector and LoRA as CASA, no CASA layers and no marker embedding: each image
+marker in `input_ids` is replaced by that image's N projected tokens in the embedding stream, the
+LLM runs full causal attention over text and image tokens, and the image tokens stay in the KV
+cache for as long as the conversation lasts. It is the A/B baseline of every benchmark.
+
+Inputs and outputs speak CASA's language, so the two fusions are interchangeable: the same
+`input_ids` (one marker per image), `images` and `labels`, and logits with ONE ROW PER POSITION OF
+`input_ids`. The row of a marker is the row of its image's last token (the one that predicts the
+text after the image); image tokens carry no label. Rows of a batch that grow to different lengths
+are left-padded, with positions counted from the attention mask.
+
+Example:
+    >>> import torch, casa_adapter
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    ...     num_attention_heads=4, num_key_value_heads=2, vocab_size=128))
+    >>> class Tower(torch.nn.Module):
+    ...     embed_dim = 3
+    ...     def forward(self, x): return x.flatten(2).transpose(1, 2)[:, :4]  # (B, 4, 3)
+    >>> model = casa_adapter.wrap(llm, vision=Tower(), fusion="insertion")
+    >>> ids = torch.tensor([[5, model.image_token_id, 7, 8]])
+    >>> model(ids, images=[torch.rand(1, 3, 2, 2)]).logits.shape   # 4 rows, not 4 - 1 + 4
+    torch.Size([1, 4, 128])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from casa_adapter.model import FusionModel, ImagesArg
+
+INSERTION_FLAG = "_casa_insertion"
+"""Attribute set on an LLM wrapped for insertion, so that wrapping it again is refused."""
+
+
+@dataclass
+class Expanded:
+    """`input_ids` with every marker replaced by its image's tokens: B rows of L slots, left-padded."""
+
+    embeds: torch.Tensor
+    """(B, L, D) input embeddings: text embeddings and projected image tokens."""
+    attention_mask: torch.Tensor
+    """(B, L) long: 0 on left padding and on the input's own padding."""
+    position_ids: torch.Tensor
+    """(B, L) long: positions counted over attended slots."""
+    last: torch.Tensor
+    """(B, T) long: the slot of each input position (for a marker, its image's last token)."""
+
+
+class InsertionModel(FusionModel):
+    """An HF causal LM fed image tokens in its input stream. Build it with `casa_adapter.wrap(..., fusion="insertion")`."""
+
+    @property
+    def image_token_id(self) -> int:
+        """The id that marks each image in `input_ids`: one past the embedding table, as under CASA."""
+        return int(self.llm.get_input_embeddings().weight.shape[0])
+
+    def expand(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+               features: list[torch.Tensor | None]) -> Expanded:
+        """Replace each marker by its image's N tokens. features: per row (n_markers, N, D) or None."""
+        B, T = input_ids.shape
+        marker = input_ids == self.image_token_id  # (B, T)
+        images, N = _flat_images(features, marker.sum(-1))  # (B, I, D), tokens per image
+        width = torch.where(marker, N, 1)  # (B, T) slots each position takes
+        end = width.cumsum(-1)  # (B, T)
+        L = int(end[:, -1].max())
+        last = end - 1 + (L - end[:, -1:])  # (B, T), rows right-aligned
+        slot = torch.arange(L, device=input_ids.device).repeat(B, 1)  # (B, L)
+        owner = torch.searchsorted(last, slot)  # (B, L) input position each slot belongs to
+        pad = slot < (L - end[:, -1:])  # (B, L) left padding
+        is_image = marker.gather(1, owner) & ~pad  # (B, L)
+        text = self.llm.get_input_embeddings()(input_ids.masked_fill(marker, 0))  # (B, T, D)
+        embeds = text.gather(1, owner.unsqueeze(-1).expand(B, L, text.shape[-1]))  # (B, L, D)
+        if images is not None:
+            nth = (marker.long().cumsum(-1) - 1).gather(1, owner)  # (B, L) which image of the row
+            offset = slot - last.gather(1, owner) + N - 1  # (B, L) token within the image
+            flat = torch.where(is_image, nth * N + offset, torch.zeros_like(slot))  # (B, L)
+            picked = images.gather(1, flat.unsqueeze(-1).expand(B, L, images.shape[-1]))  # (B, L, D)
+            embeds = torch.where(is_image.unsqueeze(-1), picked.to(embeds.dtype), embeds)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+        mask = mask.gather(1, owner) * (~pad).long()  # (B, L)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        return Expanded(embeds, mask, positions, last)
+
+    def _expanded(self, input_ids, attention_mask, images: ImagesArg) -> Expanded | None:
+        """The expanded inputs, or None for text-only input without markers (then the LLM runs as is)."""
+        if not images and not bool((input_ids == self.image_token_id).any()):
+            return None
+        return self.expand(input_ids, attention_mask, self._row_features(input_ids, images))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, images: ImagesArg = None,
+                labels: torch.Tensor | None = None, **kwargs):
+        """HF-style causal-LM output with `.loss` over `labels` (B, T) and `.logits` (B, T, V)."""
+        if kwargs.pop("sample_ids", None) is not None:
+            raise NotImplementedError("fusion='insertion' does not take packed rows (sample_ids); pad the batch")
+        x = self._expanded(input_ids, attention_mask, images)
+        if x is None:
+            return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        return self.llm(inputs_embeds=x.embeds, attention_mask=x.attention_mask, position_ids=x.position_ids,
+                        labels=labels, logits_to_keep=x.last, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 images: ImagesArg = None, **generate_kwargs) -> torch.Tensor:
+        """`transformers` generate with the image tokens in the prompt (and so in the KV cache).
+        Returns `input_ids` followed by the new tokens, as for CASA."""
+        x = self._expanded(input_ids, attention_mask, images)
+        if x is None:
+            return self.llm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        new = self.llm.generate(inputs_embeds=x.embeds, attention_mask=x.attention_mask, **generate_kwargs)  # (B*k, n)
+        prompt = input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], dim=0)  # (B*k, T)
+        return torch.cat([prompt, new], dim=1)
+
+    def stream(self):
+        """A streaming session: each `add_image` appends the image's N tokens to the KV cache."""
+        from casa_adapter.stream import InsertionStream
+
+        return InsertionStream(self)
+
+
+def _flat_images(features: list[torch.Tensor | None], markers: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    """Per-row image tokens (n, N, D) -> ((B, I, D) zero-padded or None, N). Checks counts against markers (B,)."""
+    counts = [0 if f is None else f.shape[0] for f in features]
+    for b, (n, m) in enumerate(zip(counts, markers.tolist())):
+        if n != m:
+            raise ValueError(f"row {b}: input_ids has {m} image markers but {n} images were given")
+    ref = next((f for f in features if f is not None and f.shape[0]), None)
+    if ref is None:
+        return None, 1
+    N, D = ref.shape[1], ref.shape[2]
+    out = ref.new_zeros(len(features), max(counts) * N, D)  # (B, I, D)
+    for b, f in enumerate(features):
+        if f is not None and f.shape[0]:
+            out[b, : f.shape[0] * N] = f.reshape(-1, D)
+    return out, N
+
+
+def check_not_inserted(llm: nn.Module) -> None:
+    """Refuse an LLM that an earlier `wrap(..., fusion="insertion")` already modified."""
+    if getattr(llm, INSERTION_FLAG, False):
+        raise ValueError("this LLM is already wrapped for token insertion (wrap() modifies it in place); "
+                         "load a fresh base model")
+
+
+def build_insertion(llm: nn.Module, settings, vision, lora, kernel: str, base_fingerprint: str,
+                    **vision_overrides) -> InsertionModel:
+    """`build_model` for fusion="insertion": freeze the LLM, LoRA, vision encoder; no CASA layers, no marker."""
+    from casa_adapter.families import family_spec
+    from casa_adapter.lora import apply_lora
+    from casa_adapter.vision import build_vision
+
+    check_not_inserted(llm)
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    targets = apply_lora(llm, family_spec(llm).blocks, lora) if lora is not None else None
+    encoder = build_vision(vision, llm.config.hidden_size, **vision_overrides)
+    ref = next(llm.parameters())
+    encoder.to(device=ref.device)
+    encoder.projector.to(dtype=ref.dtype)
+    setattr(llm, INSERTION_FLAG, True)
+    return InsertionModel(llm, encoder, settings, [], lora, base_fingerprint, targets, kernel)
+
+
+__all__ = ["InsertionModel", "Expanded", "build_insertion", "check_not_inserted"]

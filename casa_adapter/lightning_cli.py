@@ -1,0 +1,38 @@
+"""`CasaCLI`: LightningCLI with the project's always-on pieces.
+
+Recipes name `casa_adapter.CasaModule` and `casa_adapter.data.CasaDataModule` by `class_path`.
+On top of LightningCLI this adds, for every run:
+
+- `adapter:` (an `AdapterCheckpoint`: adapter-only safetensors checkpoints every N steps and at the end);
+- `ThroughputMonitor` (tokens/s, images/s, peak memory) and the data pipeline's bad-sample counts;
+- `AtomicCheckpointIO` for Lightning's resume checkpoints (only trainable tensors are in them);
+- `--ckpt_path=last` resumes from the newest `last.ckpt` of the recipe's ModelCheckpoint.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningCLI
+
+from casa_adapter.callbacks import AdapterCheckpoint, AtomicCheckpointIO, ThroughputMonitor
+from casa_adapter.module import CasaModule
+
+
+class CasaCLI(LightningCLI):
+    """LightningCLI over CasaModule and CasaDataModule (subclass mode: recipes give class_path)."""
+
+    def __init__(self, args: list[str] | None = None) -> None:
+        from casa_adapter.data.datamodule import CasaDataModule
+
+        super().__init__(CasaModule, CasaDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                         save_config_kwargs={"overwrite": True}, args=args, auto_configure_optimizers=False)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(AdapterCheckpoint, "adapter")
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        """Add the always-on callbacks (the `adapter:` one comes from add_lightning_class_args) and atomic IO."""
+        from casa_adapter.data.datamodule import DataCountsLogger
+
+        callbacks = [*callbacks, ThroughputMonitor(), DataCountsLogger()]
+        config["plugins"] = config.get("plugins") or [AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, callbacks)

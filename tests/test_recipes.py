@@ -1,0 +1,32 @@
+"""Every recipe parses (LightningCLI --print_config) and starts with the command that runs it."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from casa_adapter.cli import main
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert {p.name for p in RECIPES} >= {"demo.yaml", "llava_mix.yaml", "llava_mix_fsdp.yaml", "video_stream.yaml"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_parses_and_names_its_command(recipe, capsys):
+    first = recipe.read_text().splitlines()[0]
+    assert first == f"# casa-adapter run recipes/{recipe.name}"
+    with pytest.raises(SystemExit) as done:
+        main(["run", str(recipe), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "casa_adapter.CasaModule"
+    assert printed["data"]["class_path"] == "casa_adapter.data.CasaDataModule"
+    assert printed["adapter"]["dirpath"]
+
+
+def test_run_without_recipe_is_a_usage_error(capsys):
+    assert main(["run"]) == 2
+    assert "usage: casa-adapter run RECIPE" in capsys.readouterr().err
