@@ -5,12 +5,14 @@ On top of LightningCLI this adds, for every run:
 
 - `adapter:` (an `AdapterCheckpoint`: adapter-only safetensors checkpoints every N steps and at the end);
 - `ThroughputMonitor` (tokens/s, images/s, peak memory) and the data pipeline's bad-sample counts;
+- a rich progress bar (unless the recipe lists another or sets `trainer.enable_progress_bar: false`);
 - `AtomicCheckpointIO` for Lightning's resume checkpoints (only trainable tensors are in them);
 - `--ckpt_path=last` resumes from the newest `last.ckpt` of the recipe's ModelCheckpoint.
 """
 
 from __future__ import annotations
 
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from casa_adapter.callbacks import AdapterCheckpoint, AtomicCheckpointIO, ThroughputMonitor
@@ -34,5 +36,8 @@ class CasaCLI(LightningCLI):
         from casa_adapter.data.datamodule import DataCountsLogger
 
         callbacks = [*callbacks, ThroughputMonitor(), DataCountsLogger()]
+        listed = [*callbacks, *(config.get("callbacks") or [])]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in listed):
+            callbacks.append(RichProgressBar())
         config["plugins"] = config.get("plugins") or [AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, callbacks)
