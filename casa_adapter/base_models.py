@@ -130,7 +130,8 @@ def load_base(name: str, dtype: torch.dtype | None = None):
     if path.is_dir():
         return _from_pretrained(str(path), dtype)
     try:
-        return _from_pretrained(name, dtype, local_files_only=True)
+        return _from_pretrained(name, dtype, local_files_only=True,
+                                adapter_kwargs={"local_files_only": True})  # else peft-config lookups retry online
     except OSError as e:
         raise FileNotFoundError(
             f"base model {name!r} is neither a local folder nor in the local Hugging Face cache, and nothing is "
@@ -138,8 +139,9 @@ def load_base(name: str, dtype: torch.dtype | None = None):
             f"and pass the folder path, or use 'smollm2-135m' / 'tiny'.") from e
 
 
-def _from_pretrained(where: str, dtype: torch.dtype | None, **kw):
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or torch.float32, **kw)
+def _from_pretrained(where: str, dtype: torch.dtype | None, adapter_kwargs: dict | None = None, **kw):
+    extra = {"adapter_kwargs": adapter_kwargs} if adapter_kwargs else {}
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or torch.float32, **kw, **extra)
     tokenizer = AutoTokenizer.from_pretrained(where, **kw)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

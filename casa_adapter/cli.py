@@ -7,6 +7,7 @@ shape itself, on top of `LightningCLI`:
     casa-adapter run recipes/demo.yaml [--trainer.max_steps=100 ...]   # = fit --config RECIPE
     casa-adapter fit|validate|predict --config RECIPE [...]            # LightningCLI, unchanged
     casa-adapter data ...                                              # casa_adapter.data.commands
+    casa-adapter eval ...                                              # casa_adapter.eval
     casa-adapter bench ...                                             # casa_adapter.bench.commands
 """
 
@@ -26,6 +27,9 @@ training (LightningCLI; recipes name casa_adapter.CasaModule and casa_adapter.da
   fit       --config RECIPE  train (LightningCLI fit)
   validate  --config RECIPE  validation loss and answer accuracy
   predict   --config RECIPE  predictions on the predict set
+
+evaluation (casa-adapter eval --help):
+  eval --adapter DIR --base NAME --shards SPEC   generate answers on shards, write JSONL, print metrics
 
 data (casa-adapter data --help):
   data check SHARDS...     good/bad sample counts by reason
@@ -66,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from casa_adapter.data.commands import main as data_main
 
         return data_main(rest)
+    if command == "eval":
+        from casa_adapter.eval import main as eval_main
+
+        return eval_main(rest)
     if command == "bench":
         from casa_adapter.bench.commands import main as bench_main
 

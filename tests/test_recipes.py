@@ -30,3 +30,18 @@ def test_recipe_parses_and_names_its_command(recipe, capsys):
 def test_run_without_recipe_is_a_usage_error(capsys):
     assert main(["run"]) == 2
     assert "usage: casa-adapter run RECIPE" in capsys.readouterr().err
+
+
+def test_recipes_doc_names_every_settings_field():
+    """docs/recipes.md documents every field of the dataclasses a recipe can set."""
+    import dataclasses
+
+    from casa_adapter.config import CasaSettings, LoraSettings, ModelSettings, VisionSettings
+    from casa_adapter.data.settings import DataSettings
+    from casa_adapter.optim import OptimSettings
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    for cls in (ModelSettings, CasaSettings, VisionSettings, OptimSettings, DataSettings):
+        for f in dataclasses.fields(cls):
+            assert f".{f.name}" in text or f"`{f.name}" in text, f"{cls.__name__}.{f.name} is not in docs/recipes.md"
+    assert all(f"{f.name}" in text for f in dataclasses.fields(LoraSettings))

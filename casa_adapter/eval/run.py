@@ -1,0 +1,117 @@
+"""The evaluation loop: samples in order -> left-padded batches -> greedy `generate` -> JSONL + scores.
+
+    >>> results = evaluate(model, Processor.from_model(model, tokenizer), EvalSettings(shards=["data/demo/val"]))  # doctest: +SKIP
+    >>> results["overall"]["exact_match"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from casa_adapter.data.counters import BadSampleCounter
+from casa_adapter.data.decode import DecodeSettings
+from casa_adapter.data.shards import SourceIndex
+from casa_adapter.data.sources import Source
+from casa_adapter.eval.report import Scoreboard, sample_counts
+from casa_adapter.eval.samples import EvalSample, read_samples
+from casa_adapter.eval.settings import EvalSettings
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Ids that end an answer: the LLM's generation-config eos id(s) and the tokenizer's eos id."""
+    found = getattr(getattr(model.llm, "generation_config", None), "eos_token_id", None)
+    ids = list(found) if isinstance(found, (list, tuple)) else [] if found is None else [found]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("neither the model's generation config nor the tokenizer has an eos token id")
+    return sorted({int(i) for i in ids})
+
+
+def until_stop(row: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """A generated row (n,) up to (not including) its first stop id."""
+    hits = torch.isin(row, torch.tensor(stop_ids, device=row.device)).nonzero()
+    return row[: int(hits[0])] if len(hits) else row
+
+
+@torch.no_grad()
+def generate_answers(model: Any, processor: Any, inputs: list[dict], max_new_tokens: int,
+                     stop_ids: list[int]) -> list[str]:
+    """Greedy answers for processed prompts (one left-padded batch), decoded and stripped."""
+    batch = processor.collate(inputs, padding_side="left")
+    ids = batch["input_ids"].to(model.device)  # (B, T)
+    out = model.generate(ids, attention_mask=batch["attention_mask"].to(model.device), images=batch["images"],
+                         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
+                         pad_token_id=processor.pad_token_id)  # (B, T + n)
+    return [processor.decode(until_stop(row, stop_ids)).strip() for row in out[:, ids.shape[1]:]]
+
+
+def batches(samples: Iterable[EvalSample], size: int) -> Iterator[list[EvalSample]]:
+    """Consecutive lists of `size` samples (the last may be shorter)."""
+    it = iter(samples)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """Yields `advance(n)`; draws a rich bar over the samples on stderr (stdout keeps the table)."""
+    columns = (TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as progress:
+        task = progress.add_task("eval", total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+@contextlib.contextmanager
+def jsonl_writer(path: str | None) -> Iterator[Callable[[dict], None]]:
+    """Yields `write(record)`; lines go to a temporary file renamed to `path` at the end (None: nowhere)."""
+    if path is None:
+        yield lambda record: None
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield lambda record: f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def index_sources(specs: list[str]) -> list[SourceIndex]:
+    """One indexed source per shard spec, named by the spec; a missing shard raises FileNotFoundError."""
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"a shard spec is given twice: {specs}")
+    return [SourceIndex.build(Source(shards=spec, name=spec)) for spec in specs]
+
+
+def evaluate(model: Any, processor: Any, settings: EvalSettings) -> dict:
+    """Answer every sample of `settings.shards` in order; write the JSONL; return the results
+    (`overall`, `qtypes`, `samples`, `predictions`: see `casa_adapter.eval.report`)."""
+    indexes = index_sources(list(settings.shards))
+    total = sum(len(index.refs) for index in indexes)
+    decode = DecodeSettings(video_fps=settings.video_fps, max_frames=settings.max_frames)
+    stop_ids = stop_token_ids(model, processor.tokenizer)
+    counter, board = BadSampleCounter(), Scoreboard(settings.metrics)
+    model.eval()
+    with jsonl_writer(settings.out) as write, \
+            progress_bar(total if settings.limit is None else min(total, settings.limit), settings.show_progress) as advance:
+        samples = read_samples(indexes, processor, decode, counter, on_bad=lambda: advance(1))
+        for chunk in batches(itertools.islice(samples, settings.limit), settings.batch_size):
+            predictions = generate_answers(model, processor, [s.inputs for s in chunk], settings.max_new_tokens, stop_ids)
+            board.update(predictions, [s.answers for s in chunk], [s.qtype for s in chunk])
+            for sample, prediction in zip(chunk, predictions):
+                write(sample.record(prediction))
+            advance(len(chunk))
+    return {**board.results(), "samples": sample_counts(counter), "predictions": settings.out}

@@ -1,0 +1,52 @@
+"""`EvalSettings`: what `casa-adapter eval` evaluates and how, as one documented dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_METRICS = ("exact_match", "vqa_accuracy", "anls", "relaxed_accuracy")
+"""Metrics computed when none are named (canonical names of `casa_adapter.metrics.build_metrics`)."""
+
+
+@dataclass
+class EvalSettings:
+    """How samples are read, generated and scored, and where the results go. (The prompt's system
+    message belongs to the `Processor`: `Processor.from_model(model, tokenizer, system_prompt="")`.)"""
+
+    shards: list[str] = field(default_factory=list)
+    """Shard specs (paths, brace patterns, globs, folders; see docs/data.md), read in order, each once."""
+
+    out: str | None = "preds.jsonl"
+    """Predictions JSONL, one line per evaluated sample; None: not written."""
+
+    json_path: str | None = None
+    """Also write the metrics (overall, per question type, bad-sample counts) as JSON here."""
+
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    """Metric names (aliases accepted: `em`, `vqa`, `relaxed`, ...)."""
+
+    max_new_tokens: int = 16
+    """Most tokens generated per answer (greedy decoding; stops at the end-of-turn token)."""
+
+    batch_size: int = 8
+    """Samples per `generate` call (left-padded)."""
+
+    limit: int | None = None
+    """Evaluate at most this many (good) samples; None: all of them."""
+
+    video_fps: float = 2.0
+    """Frames per second kept from a video sample (as `DataSettings.video_fps` in training)."""
+
+    max_frames: int = 16
+    """Most frames kept from one video (as `DataSettings.max_frames` in training)."""
+
+    show_progress: bool = True
+    """Draw a progress bar over the samples (on stderr)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shards, str):
+            self.shards = [self.shards]
+        if self.max_new_tokens < 1 or self.batch_size < 1 or (self.limit is not None and self.limit < 0):
+            raise ValueError(f"max_new_tokens and batch_size must be >= 1 and limit >= 0: {self}")
+        if self.video_fps <= 0 or self.max_frames < 1:
+            raise ValueError(f"video_fps must be > 0 and max_frames >= 1: {self}")
