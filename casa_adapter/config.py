@@ -148,7 +148,7 @@ class ModelSettings:
     vision: VisionSettings = field(default_factory=VisionSettings)
     lora: LoraSettings | None = None
     """LoRA on the frozen LLM; None: no LoRA."""
-    kernel: str = "sdpa"
+    kernel: str = "auto"
     """CASA attention kernel (`casa_adapter.attention.KERNELS`)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype the base LLM is loaded in (mixed precision is the trainer's `precision`)."""

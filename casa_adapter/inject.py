@@ -109,7 +109,7 @@ def probe_casa(llm: nn.Module, spec, indices: list[int]) -> None:
 
 def wrap(llm: nn.Module, vision: str | VisionSettings | nn.Module = "siglip", every: int = 1,
          layers: list[int] | None = None, variant: str = "casa", lora: LoraSettings | None = None,
-         fusion: str = "casa", init: str = "zero", kernel: str = "sdpa",
+         fusion: str = "casa", init: str = "zero", kernel: str = "auto",
          **vision_overrides) -> CasaModel | InsertionModel:
     """Wrap `llm` (an `AutoModelForCausalLM`) into a `CasaModel`. The LLM is modified in place and frozen.
 

@@ -44,16 +44,16 @@ class Expanded:
 
     embeds: torch.Tensor
     """(B, L, D) input embeddings: text embeddings and projected image tokens."""
-    attention_mask: torch.Tensor
-    """(B, L) long: 0 on left padding and on the input's own padding."""
+    attention_mask: torch.Tensor | None
+    """(B, L) long: 0 on left padding and on the input's own padding; None for packed rows."""
     position_ids: torch.Tensor
-    """(B, L) long: positions counted over attended slots."""
+    """(B, L) long: positions counted over attended slots (restarting at each sample when packed)."""
     last: torch.Tensor
     """(B, T) long: the slot of each input position (for a marker, its image's last token)."""
 
 
 class InsertionModel(FusionModel):
-    """An HF causal LM fed image tokens in its input stream. Build it with `casa_adapter.wrap(..., fusion="insertion")`."""
+    """An HF causal LM fed image tokens in its input stream; build it with `wrap(..., fusion="insertion")`."""
 
     @property
     def image_token_id(self) -> int:
@@ -61,46 +61,55 @@ class InsertionModel(FusionModel):
         return int(self.llm.get_input_embeddings().weight.shape[0])
 
     def expand(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-               features: list[torch.Tensor | None]) -> Expanded:
-        """Replace each marker by its image's N tokens. features: per row (n_markers, N, D) or None."""
-        B, T = input_ids.shape
+               features: list[torch.Tensor | None], sample_ids: torch.Tensor | None = None) -> Expanded:
+        """Replace each marker by its image's N tokens. features: per row (n_markers, N, D) or None.
+        sample_ids (B, T), for packed rows: positions restart at each sample, and no mask is returned
+        (transformers then keeps attention within each run of positions)."""
         marker = input_ids == self.image_token_id  # (B, T)
         images, N = _flat_images(features, marker.sum(-1))  # (B, I, D), tokens per image
-        width = torch.where(marker, N, 1)  # (B, T) slots each position takes
-        end = width.cumsum(-1)  # (B, T)
-        L = int(end[:, -1].max())
-        last = end - 1 + (L - end[:, -1:])  # (B, T), rows right-aligned
-        slot = torch.arange(L, device=input_ids.device).repeat(B, 1)  # (B, L)
-        owner = torch.searchsorted(last, slot)  # (B, L) input position each slot belongs to
-        pad = slot < (L - end[:, -1:])  # (B, L) left padding
-        is_image = marker.gather(1, owner) & ~pad  # (B, L)
-        text = self.llm.get_input_embeddings()(input_ids.masked_fill(marker, 0))  # (B, T, D)
-        embeds = text.gather(1, owner.unsqueeze(-1).expand(B, L, text.shape[-1]))  # (B, L, D)
-        if images is not None:
-            nth = (marker.long().cumsum(-1) - 1).gather(1, owner)  # (B, L) which image of the row
-            offset = slot - last.gather(1, owner) + N - 1  # (B, L) token within the image
-            flat = torch.where(is_image, nth * N + offset, torch.zeros_like(slot))  # (B, L)
-            picked = images.gather(1, flat.unsqueeze(-1).expand(B, L, images.shape[-1]))  # (B, L, D)
-            embeds = torch.where(is_image.unsqueeze(-1), picked.to(embeds.dtype), embeds)
+        last, owner, pad = _slots(marker, N)  # (B, T), (B, L), (B, L)
+        embeds = self._embeddings(input_ids, marker, images, N, last, owner, pad)  # (B, L, D)
+        if sample_ids is not None:
+            segment = torch.where(pad, -1, sample_ids.gather(1, owner))  # (B, L), -1 on left padding
+            return Expanded(embeds, None, _segment_positions(segment), last)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
         mask = mask.gather(1, owner) * (~pad).long()  # (B, L)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
-        return Expanded(embeds, mask, positions, last)
+        return Expanded(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0), last)
 
-    def _expanded(self, input_ids, attention_mask, images: ImagesArg) -> Expanded | None:
-        """The expanded inputs, or None for text-only input without markers (then the LLM runs as is)."""
-        if not images and not bool((input_ids == self.image_token_id).any()):
+    def _embeddings(self, input_ids, marker, images, N: int, last, owner, pad) -> torch.Tensor:
+        """Text embeddings (B, T, D) spread over the L slots, image tokens (B, I, D) on the image slots."""
+        B, L = owner.shape
+        text = self.llm.get_input_embeddings()(input_ids.masked_fill(marker, 0))  # (B, T, D)
+        embeds = text.gather(1, owner.unsqueeze(-1).expand(B, L, text.shape[-1]))  # (B, L, D)
+        if images is None:
+            return embeds
+        is_image = marker.gather(1, owner) & ~pad  # (B, L)
+        slot = torch.arange(L, device=owner.device).expand(B, L)  # (B, L)
+        nth = (marker.long().cumsum(-1) - 1).gather(1, owner)  # (B, L) which image of the row
+        offset = slot - last.gather(1, owner) + N - 1  # (B, L) token within the image
+        flat = torch.where(is_image, nth * N + offset, torch.zeros_like(slot))  # (B, L)
+        picked = images.gather(1, flat.unsqueeze(-1).expand(B, L, images.shape[-1]))  # (B, L, D)
+        return torch.where(is_image.unsqueeze(-1), picked.to(embeds.dtype), embeds)
+
+    def _expanded(self, input_ids, attention_mask, images: ImagesArg, sample_ids=None) -> Expanded | None:
+        """The expanded inputs, or None for unpacked text-only input without markers (the LLM then runs as is)."""
+        if not images and sample_ids is None and not bool((input_ids == self.image_token_id).any()):
             return None
-        return self.expand(input_ids, attention_mask, self._row_features(input_ids, images))
+        return self.expand(input_ids, attention_mask, self._row_features(input_ids, images), sample_ids)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, images: ImagesArg = None,
                 labels: torch.Tensor | None = None, **kwargs):
-        """HF-style causal-LM output with `.loss` over `labels` (B, T) and `.logits` (B, T, V)."""
-        if kwargs.pop("sample_ids", None) is not None:
-            raise NotImplementedError("fusion='insertion' does not take packed rows (sample_ids); pad the batch")
-        x = self._expanded(input_ids, attention_mask, images)
+        """HF-style causal-LM output with `.loss` over `labels` (B, T) and `.logits` (B, T, V).
+
+        Positions are those of the expanded stream (a given `position_ids` is replaced). Packed rows
+        (`sample_ids`, see casa_adapter.data.packing) keep attention within each sample."""
+        sample_ids = kwargs.pop("sample_ids", None)
+        kwargs.pop("position_ids", None)
+        x = self._expanded(input_ids, attention_mask, images, sample_ids)
         if x is None:
             return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        if sample_ids is not None:
+            kwargs["use_cache"] = False  # transformers separates packed samples only without a cache
         return self.llm(inputs_embeds=x.embeds, attention_mask=x.attention_mask, position_ids=x.position_ids,
                         labels=labels, logits_to_keep=x.last, **kwargs)
 
@@ -121,6 +130,27 @@ class InsertionModel(FusionModel):
         from casa_adapter.stream import InsertionStream
 
         return InsertionStream(self)
+
+
+def _slots(marker: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each input position lands once markers take N slots, rows right-aligned to L slots.
+
+    marker (B, T) -> last (B, T): the slot of each position (a marker's last image slot);
+    owner (B, L): the input position each slot belongs to; pad (B, L): left padding."""
+    end = torch.where(marker, N, 1).cumsum(-1)  # (B, T)
+    L = int(end[:, -1].max())
+    shift = L - end[:, -1:]  # (B, 1)
+    last = end - 1 + shift  # (B, T)
+    slot = torch.arange(L, device=marker.device).repeat(marker.shape[0], 1)  # (B, L)
+    return last, torch.searchsorted(last, slot), slot < shift
+
+
+def _segment_positions(segment: torch.Tensor) -> torch.Tensor:
+    """(B, L) segment ids -> positions 0, 1, ... restarting where the segment id changes."""
+    slot = torch.arange(segment.shape[1], device=segment.device).expand_as(segment)  # (B, L)
+    starts = torch.ones_like(segment, dtype=torch.bool)
+    starts[:, 1:] = segment[:, 1:] != segment[:, :-1]
+    return slot - torch.where(starts, slot, torch.zeros_like(slot)).cummax(-1).values
 
 
 def _flat_images(features: list[torch.Tensor | None], markers: torch.Tensor) -> tuple[torch.Tensor | None, int]:

@@ -35,7 +35,7 @@ class CasaLayer(nn.Module):
     """Cross-attention from text queries to [window image tokens ; window text so far]."""
 
     def __init__(self, access: AttentionAccess, layer_idx: int, variant: str = "casa", init: str = "zero",
-                 kernel: str = "sdpa"):
+                 kernel: str = "auto"):
         super().__init__()
         self.layer_idx, self.variant, self.kernel = layer_idx, variant, kernel
         self.num_heads, self.num_kv_heads = access.num_heads, access.num_kv_heads

@@ -33,6 +33,7 @@ from torch import nn
 from casa_adapter.config import CasaSettings, LoraSettings
 from casa_adapter.layer import CasaLayer
 from casa_adapter.lora import merge_lora
+from casa_adapter.windowed import packed_llm_kwargs
 from casa_adapter.windows import CasaCache, CasaInputs, build_inputs
 
 ImagesArg = list[Any] | None
@@ -49,7 +50,7 @@ class FusionModel(nn.Module):
 
     def __init__(self, llm: nn.Module, vision: nn.Module, settings: CasaSettings, layer_indices: list[int],
                  lora: LoraSettings | None, base_fingerprint: str, lora_targets: list[str] | None = None,
-                 kernel: str = "sdpa"):
+                 kernel: str = "auto"):
         super().__init__()
         self.llm, self.vision = llm, vision
         self.settings, self.lora = settings, lora
@@ -192,10 +193,17 @@ class CasaModel(FusionModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, images: ImagesArg = None,
                 labels: torch.Tensor | None = None, **kwargs):
-        """HF-style causal-LM output with `.loss` (when labels are given) and `.logits` (B, T, V)."""
-        inputs = self.casa_inputs(input_ids, attention_mask, images, kwargs.pop("sample_ids", None))
+        """HF-style causal-LM output with `.loss` (when labels are given) and `.logits` (B, T, V).
+
+        Packed rows (`sample_ids`, see casa_adapter.data.packing): windows and self-attention stay inside
+        each sample (`windowed.packed_llm_kwargs`: no 2D mask, no cache, positions restarting per sample)."""
+        sample_ids = kwargs.pop("sample_ids", None)
+        inputs = self.casa_inputs(input_ids, attention_mask, images, sample_ids)
         if inputs is not None:
             kwargs["casa_inputs"] = inputs
+        if sample_ids is not None:
+            kwargs.update(packed_llm_kwargs(sample_ids, kwargs.get("position_ids")))
+            attention_mask = kwargs.pop("attention_mask")
         return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
@@ -232,5 +240,6 @@ def _as_batch(x) -> torch.Tensor | None:
     if x.dim() == 3:
         return x.unsqueeze(0)
     if x.dim() != 4:
-        raise ValueError(f"an images entry must be (n, 3, H, W), (3, H, W) or a list of them; got shape {tuple(x.shape)}")
+        raise ValueError(f"an images entry must be (n, 3, H, W), (3, H, W) or a list of them; "
+                         f"got shape {tuple(x.shape)}")
     return x

@@ -169,6 +169,29 @@ def plan_windows(q_window, q_index, k_window, k_index, slack: float | None = Non
     return WindowPlan(torch.cat(q_slots), torch.cat(k_slots), torch.cat(keeps), shapes, masks)
 
 
+_last_plan: list = []
+"""[(key, plan)] of the last call. The CASA layers of one forward share one layout, so they share its plan."""
+
+
+@torch.no_grad()
+def shared_plan(q_window, q_index, k_window, k_index) -> WindowPlan | None:
+    """`plan_windows` for this layout, reusing the last call's plan when the layout tensors are equal."""
+    layout = (q_window, q_index, k_window, k_index)
+    if _last_plan:
+        (settings, old), plan = _last_plan[0]
+        if settings == (SLACK, CHUNK) and all(
+                a.shape == b.shape and a.device == b.device and torch.equal(a, b) for a, b in zip(old, layout)):
+            return plan
+    plan = plan_windows(*layout)
+    _last_plan[:] = [(((SLACK, CHUNK), tuple(t.clone() for t in layout)), plan)]
+    return plan
+
+
+def clear_plan_cache() -> None:
+    """Forget the shared plan (benchmarks time the planning with every call)."""
+    _last_plan.clear()
+
+
 def _gather_blocks(x: torch.Tensor, slots: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
     """Blocks (n, h, L, hd) of x (B, h, T, hd) read at flat token slots (N,) (b * T + t); sizes = (n, L) per block."""
     B, h, T, hd = x.shape
@@ -188,8 +211,7 @@ def _gather_blocks(x: torch.Tensor, slots: torch.Tensor, sizes: list[tuple[int, 
 def windowed_casa_attention(q, k, v, q_window, q_index, k_window, k_index, scaling: float) -> torch.Tensor:
     """CASA attention per window block. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
     B, H, Tq, hd = q.shape
-    with torch.no_grad():
-        plan = plan_windows(q_window, q_index, k_window, k_index)
+    plan = shared_plan(q_window, q_index, k_window, k_index)
     if plan is None:
         return q.new_zeros(q.shape)
     q_sizes, k_sizes = [(n, lq) for n, lq, _ in plan.shapes], [(n, lk) for n, _, lk in plan.shapes]
@@ -209,11 +231,13 @@ def windowed_casa_attention(q, k, v, q_window, q_index, k_window, k_index, scali
 def packed_llm_kwargs(sample_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> dict:
     """Keyword arguments for the HF forward of a packed batch, so self-attention stays inside each sample.
 
-    transformers (5.x) splits a row into independent sequences wherever `position_ids` do not step by
-    one, for sdpa, eager, flex and flash attention alike, but only when the call has no 2D
-    `attention_mask` and no cache. So a packed forward passes `attention_mask=None`, `use_cache=False`
-    and per-sample `position_ids` (derived from `sample_ids` (B, T), 1..k per sample, 0 = padding,
-    when not given). Raises ValueError when the given `position_ids` would merge two samples.
+    transformers (5.x) splits a row into independent sequences wherever `position_ids` do not step by one
+    (`masking_utils.find_packed_sequence_indices`, used by the sdpa, eager and flex masks, sliding windows
+    included; flash attention reads `position_ids` itself), but only when the call has no 2D
+    `attention_mask` and no cache: with either, samples see each other. So a packed forward passes
+    `attention_mask=None`, `use_cache=False` and per-sample `position_ids` (derived from `sample_ids`
+    (B, T), 1..k per sample, 0 = padding, when not given). Raises ValueError when the given
+    `position_ids` would merge two samples or split one.
     """
     starts = F.pad(sample_ids[:, 1:] != sample_ids[:, :-1], (1, 0), value=True)  # (B, T) first token of a run
     if position_ids is None:

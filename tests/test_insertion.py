@@ -149,3 +149,19 @@ def test_save_load_identical_logits(tmp_path):
     assert isinstance(loaded, InsertionModel)
     assert torch.equal(loaded(ids, images=images).logits, want)
     assert loaded.trainable_parameter_names() == model.trainable_parameter_names()
+
+
+def test_packed_rows_match_separate_samples():
+    """Two samples packed in one row (plus padding) give each sample's own logits: no attention across them."""
+    model = inserted()
+    ids, images = batch(model)
+    a, b = ids[0, :6], ids[1, :9]  # a: one image; b: one image, then two at one point
+    row = torch.cat([a, b, torch.zeros(3, dtype=torch.long)])[None]  # (1, 18)
+    sample_ids = torch.tensor([[1] * 6 + [2] * 9 + [0] * 3])
+    positions = torch.cat([torch.arange(6), torch.arange(9), torch.zeros(3, dtype=torch.long)])[None]
+    packed = model(row, attention_mask=(sample_ids > 0).long(), images=[torch.cat([images[0], images[1]])],
+                   sample_ids=sample_ids, position_ids=positions).logits[0]
+    alone_a = model(a[None], images=images[:1]).logits[0]
+    alone_b = model(b[None], images=images[1:]).logits[0]
+    assert torch.allclose(packed[:6], alone_a, atol=1e-5)
+    assert torch.allclose(packed[6:15], alone_b, atol=1e-5)

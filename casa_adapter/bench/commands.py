@@ -23,18 +23,24 @@ from casa_adapter.bench.common import add_settings_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="casa-adapter bench", description=__doc__.split("\n\n")[0].strip("`:"),
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    intro, rest = __doc__.split("\n\n", 1)
+    parser = argparse.ArgumentParser(prog="casa-adapter bench", description=_summary(intro), epilog=rest,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="{stream,train,kernel}")
     for name, module, settings in (("stream", stream, stream.StreamBenchSettings),
                                    ("train", train, train.TrainBenchSettings)):
-        p = sub.add_parser(name, help=module.__doc__.split("\n")[0], description=module.__doc__,
+        p = sub.add_parser(name, help=_summary(module.__doc__), description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         add_settings_arguments(p, settings)
         p.set_defaults(run=module.run)
     sub.add_parser("kernel", help="the windowed kernel vs the dense reference and plain SDPA "
                                   "(casa-adapter bench kernel --help)", add_help=False)
     return parser
+
+
+def _summary(doc: str) -> str:
+    """The first line of a module docstring, without its "`command`: " lead."""
+    return doc.split("\n")[0].split(": ", 1)[-1]
 
 
 def kernel_main(argv: list[str]) -> int:

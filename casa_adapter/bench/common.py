@@ -70,17 +70,19 @@ def load_llm(name: str, dtype: str, device: str) -> nn.Module:
     return llm.to(device=device, dtype=DTYPES[dtype]).eval()
 
 
-def build(base: nn.Module, fusion: str, tokens: int, every: int, kernel: str | None, seed: int = 0,
-          lora: int = 0, copy_base: bool = True):
-    """`wrap()` a copy of `base` (so both fusions share the same weights) with a `BenchTower`.
-    lora: LoRA rank on the backbone (0: none)."""
+def build(base: nn.Module, fusion: str, tokens: int, s, copy_base: bool = True):
+    """`wrap()` a copy of `base` (so both fusions share the same weights) with a `BenchTower` of `tokens`
+    tokens, as the settings `s` say: `every`, `layers` ("" or comma-separated block indices), `kernel`
+    ("": wrap()'s default), `lora` (rank, 0: none), `seed`."""
     import casa_adapter
 
     llm = copy.deepcopy(base) if copy_base else base
-    torch.manual_seed(seed)
-    kw = {} if kernel is None else {"kernel": kernel}
-    settings = casa_adapter.LoraSettings(rank=lora) if lora else None
-    model = casa_adapter.wrap(llm, vision=BenchTower(tokens), every=every, fusion=fusion, lora=settings, **kw)
+    torch.manual_seed(s.seed)
+    kw = {"kernel": s.kernel} if s.kernel else {}
+    layers = [int(i) for i in s.layers.split(",")] if s.layers else None
+    lora = casa_adapter.LoraSettings(rank=s.lora) if getattr(s, "lora", 0) else None
+    model = casa_adapter.wrap(llm, vision=BenchTower(tokens), every=s.every, layers=layers, fusion=fusion,
+                              lora=lora, **kw)
     ref = next(llm.parameters())
     return model.to(device=ref.device).eval()
 

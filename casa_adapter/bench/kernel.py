@@ -1,16 +1,16 @@
 """`casa-adapter bench kernel`: CASA attention kernels against each other and against plain SDPA.
 
-For each case (a packed batch of windows: image tokens + text tokens per window) it times, forward
-and forward+backward, the median of `--repeats` runs of:
+For each case (rows of packed windows: image tokens + text tokens per window) it times, forward
+and forward+backward, in `--repeats` rounds that run every kernel once in turn (the table shows
+medians, the JSON also minima):
 
-- `windowed`: `casa_adapter.windowed.windowed_casa_attention` (per-window blocks, bucketed SDPA);
+- `windowed`: `casa_adapter.windowed.windowed_casa_attention`, its planning included in every call;
 - `reference`: the dense-mask softmax (`attention.reference_casa_attention`), (B, H, Tq, K) scores;
 - `dense-sdpa`: the same dense mask through one SDPA call (`attention.sdpa_casa_attention`);
 - `causal-equal`: one plain causal SDPA over T tokens with T(T+1)/2 = the number of allowed
-  query/key pairs of the case, i.e. the same useful FLOPs with no CASA structure at all.
+  query/key pairs of the case: the same useful FLOPs with no CASA structure at all.
 
-    casa-adapter bench kernel [--json PATH] [--device cuda --dtype bf16] [--repeats 5]
-"""
+    casa-adapter bench kernel [--json PATH] [--cases 16w 4w] [--device cuda --dtype bf16] [--repeats 5]"""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from casa_adapter.attention import KERNELS, casa_mask
+from casa_adapter.windowed import clear_plan_cache, plan_windows
 
 CASES = {
     "16w": dict(rows=1, windows=16, image=256, text=64),
@@ -61,16 +62,17 @@ def make_layout(rows: int, windows: int, image: int, text: int, decode: bool = F
     return q_window, q_index, k_window, k_index
 
 
-def _median_ms(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def _time_round_robin(runners: dict, repeats: int, sync, clock) -> dict:
+    """{name: (median ms, min ms)}: one warm-up each, then `repeats` rounds that run every kernel once in turn,
+    so a burst of load from other processes hits all kernels alike."""
+    times = {name: [] for name in runners}
+    for _ in range(repeats + 1):
+        for name, fn in runners.items():
+            start = clock()
+            fn()
+            sync()
+            times[name].append((clock() - start) * 1e3)
+    return {name: (statistics.median(t[1:]), min(t[1:])) for name, t in times.items()}
 
 
 def _runner(name: str, q, k, v, layout, pairs: int, backward: bool):
@@ -81,39 +83,43 @@ def _runner(name: str, q, k, v, layout, pairs: int, backward: bool):
         call = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
         kernel = KERNELS[{"windowed": "windowed", "reference": "reference", "dense-sdpa": "sdpa"}[name]]
-        call = lambda: kernel(q, k, v, *layout, q.shape[-1] ** -0.5)
+        call = lambda: (clear_plan_cache(), kernel(q, k, v, *layout, q.shape[-1] ** -0.5))[1]  # planning included
     if not backward:
-        return lambda: call()
-    grad = None
+        return call
+    grad = torch.randn(call().shape, device=q.device, dtype=q.dtype)
+    return lambda: torch.autograd.grad(call(), (q, k, v), grad)
 
-    def step():
-        nonlocal grad
-        out = call()
-        grad = torch.randn_like(out) if grad is None else grad
-        torch.autograd.backward(out, grad)
-    return step
+
+def _inputs(B: int, Tq: int, K: int, args, backward: bool):
+    device, dtype = torch.device(args.device), {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    torch.manual_seed(0)
+    q = torch.randn(B, args.heads, Tq, args.head_dim, device=device, dtype=dtype, requires_grad=backward)
+    k, v = (torch.randn(B, args.kv_heads, K, args.head_dim, device=device, dtype=dtype, requires_grad=backward)
+            for _ in range(2))
+    return q, k, v
 
 
 def run_case(name: str, spec: dict, args) -> dict:
-    """Time every kernel on one case; returns a JSON-able dict of milliseconds and ratios."""
-    device, dtype = torch.device(args.device), {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    layout = [t.to(device) for t in make_layout(**spec)]
+    """Time every kernel on one case: a JSON-able dict with the layout, the windowed plan and milliseconds."""
+    layout = [t.to(args.device) for t in make_layout(**spec)]
     (B, Tq), K = layout[0].shape, layout[2].shape[1]
     pairs = int(casa_mask(*layout).sum())
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    result = dict(case=name, **spec, Tq=Tq, K=K, allowed_pairs=pairs, ms={})
+    plan = plan_windows(*layout)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    result = dict(case=name, **spec, Tq=Tq, K=K, allowed_pairs=pairs, blocks=plan.shapes,
+                  block_pairs=sum(n * lq * lk for n, lq, lk in plan.shapes), ms={})
     for backward in (False, True):
+        q, k, v = _inputs(B, Tq, K, args, backward)
+        runners = {kn: _runner(kn, q, k, v, layout, pairs, backward) for kn in KERNEL_NAMES}
+        clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+        timed = _time_round_robin(runners, args.repeats, sync, clock)
         mode = "fwd+bwd" if backward else "fwd"
-        torch.manual_seed(0)
-        q = torch.randn(B, args.heads, Tq, args.head_dim, device=device, dtype=dtype, requires_grad=backward)
-        k, v = (torch.randn(B, args.kv_heads, K, args.head_dim, device=device, dtype=dtype,
-                            requires_grad=backward) for _ in range(2))
-        result["ms"][mode] = {kn: _median_ms(_runner(kn, q, k, v, layout, pairs, backward), args.repeats, sync)
-                              for kn in KERNEL_NAMES}
+        result["ms"][mode] = {kn: med for kn, (med, _) in timed.items()}
+        result.setdefault("min_ms", {})[mode] = {kn: low for kn, (_, low) in timed.items()}
     with torch.no_grad():
         got = KERNELS["windowed"](q, k, v, *layout, args.head_dim ** -0.5)
-        want = KERNELS["reference"](q, k, v, *layout, args.head_dim ** -0.5)
-    result["max_abs_diff"] = float((got - want).abs().max())
+        want = KERNELS["reference"](q.float(), k.float(), v.float(), *layout, args.head_dim ** -0.5)
+    result["max_abs_diff"] = float((got.float() - want).abs().max())
     return result
 
 
@@ -133,9 +139,9 @@ def _table(results: list[dict]) -> str:
 
 def _machine(args) -> dict:
     info = dict(torch=torch.__version__, device=args.device, dtype=args.dtype, threads=torch.get_num_threads(),
-                cpu=platform.processor() or platform.machine(), cores=os.cpu_count())
+                clock=args.clock, cpu=platform.processor() or platform.machine(), cores=os.cpu_count())
     if hasattr(os, "getloadavg"):
-        info["load_avg_1m"] = os.getloadavg()[0]
+        info["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     if args.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -148,6 +154,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--kv-heads", type=int, default=8, help="fewer than --heads for GQA")
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="cpu: this thread's CPU time (implies --threads 1), steadier on shared cores")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--json", metavar="PATH", help="write the results and the machine description here")
@@ -156,11 +165,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.clock == "cpu":
+        args.threads = 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     results = []
     for name in args.cases:
         results.append(run_case(name, CASES[name], args))
         print(f"done {name}: max |windowed - reference| = {results[-1]['max_abs_diff']:.2e}", flush=True)
-    machine = _machine(args)
+    machine = dict(_machine(args), load_avg_1m_start=load_start)
     print(f"\nCASA kernels, ms (median of {args.repeats}); {machine}\n" + _table(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -2,9 +2,11 @@
 
 Each turn adds one frame of `--image-tokens` tokens and `--text-tokens` text tokens to a
 `model.stream()` session, then generates `--decode-tokens` tokens (greedy, fed back). Measured per
-turn and per fusion, on the same base weights, frames and text, in one process:
+turn and per fusion, on the same base weights, frames and text, in one process, the two fusions
+alternating turn by turn (so a change in machine load hits both alike):
 
-- `latency_ms`: time to first token = add_image + add_text + picking the first new token;
+- `latency_ms`: time to first token = add_image + add_text + picking the first new token
+  (`add_image_ms`: its add_image part);
 - `decode_tok_s`: generated tokens per second over the turn's `--decode-tokens` tokens;
 - `state_bytes`: `session.state_bytes()` after the turn (KV caches; weights excluded).
 
@@ -16,7 +18,7 @@ JSON keeps every turn's raw value, index 0 = turn 1.
 
 from __future__ import annotations
 
-import gc
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -32,11 +34,12 @@ class StreamBenchSettings:
     """`bench stream` settings; every field is a command-line flag (`--image-tokens` for `image_tokens`)."""
 
     turns: int = field(default=256, metadata={"help": "turns: one frame + text + a short answer each"})
-    image_tokens: int = field(default=256, metadata={"help": "tokens per frame (N)"})
+    image_tokens: int = field(default=64, metadata={"help": "tokens per frame (N); 896 px frames are ~1,024"})
     text_tokens: int = field(default=16, metadata={"help": "text tokens added per turn"})
     decode_tokens: int = field(default=4, metadata={"help": "tokens generated per turn (decode speed)"})
     model: str = field(default="tiny", metadata={"help": "tiny | smollm2-135m | a local HF folder or .gguf"})
     every: int = field(default=1, metadata={"help": "CASA in every N-th block"})
+    layers: str = field(default="", metadata={"help": "CASA blocks, e.g. 14,17,-1; overrides --every"})
     kernel: str = field(default="", metadata={"help": "CASA attention kernel; empty: wrap()'s default"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     device: str = field(default="cpu", metadata={"help": "cpu | cuda"})
@@ -54,35 +57,42 @@ def make_inputs(s: StreamBenchSettings, vocab: int, image_size: int) -> tuple[to
     return frames.to(s.device), text.to(s.device)
 
 
-def turn(session, frame: torch.Tensor, text: torch.Tensor, decode: int, device: str) -> tuple[float, float, int]:
-    """One turn: (time to first token in ms, decode tokens/s, state bytes after the turn)."""
+def turn(session, frame: torch.Tensor, text: torch.Tensor, decode: int, device: str) -> dict:
+    """One turn: time to first token and its add_image part (ms), decode tokens/s, state bytes after it."""
     sync(device)
     start = time.perf_counter()
     session.add_image(frame)
+    sync(device)
+    image = time.perf_counter()
     session.add_text(text)
     session.next_token()
     sync(device)
-    ttft = time.perf_counter() - start
-    start = time.perf_counter()
+    first = time.perf_counter()
     session.generate(max_new_tokens=decode)
     sync(device)
-    return 1000 * ttft, decode / (time.perf_counter() - start), session.state_bytes()
+    return {"latency_ms": 1000 * (first - start), "add_image_ms": 1000 * (image - start),
+            "decode_tok_s": decode / (time.perf_counter() - first), "state_bytes": session.state_bytes()}
 
 
-def run_fusion(model, frames: torch.Tensor, text: torch.Tensor, s: StreamBenchSettings) -> dict:
-    """Per-turn lists for one fusion (after `s.warmup` discarded turns in a separate session)."""
-    warm = model.stream()
+def run_turns(models: dict, frames: torch.Tensor, text: torch.Tensor, s: StreamBenchSettings) -> dict:
+    """Per-turn lists per fusion. The fusions alternate turn by turn, so that a change in machine load
+    hits both alike; `s.warmup` turns in separate sessions come first and are discarded."""
+    warm = {fusion: model.stream() for fusion, model in models.items()}
     for i in range(s.warmup):
-        turn(warm, frames[i], text[i], s.decode_tokens, s.device)
+        for session in warm.values():
+            turn(session, frames[i], text[i], s.decode_tokens, s.device)
     del warm
-    session = model.stream()
-    out = {"latency_ms": [], "decode_tok_s": [], "state_bytes": []}
+    sessions = {fusion: model.stream() for fusion, model in models.items()}
+    keys = ("latency_ms", "add_image_ms", "decode_tok_s", "state_bytes")
+    out = {fusion: {key: [] for key in keys} for fusion in models}
     for i in range(s.warmup, s.warmup + s.turns):
-        ms, tok_s, state = turn(session, frames[i], text[i], s.decode_tokens, s.device)
-        out["latency_ms"].append(ms)
-        out["decode_tok_s"].append(tok_s)
-        out["state_bytes"].append(state)
-    out["kv_tokens"] = session.index
+        for fusion, session in sessions.items():
+            for key, value in turn(session, frames[i], text[i], s.decode_tokens, s.device).items():
+                out[fusion][key].append(value)
+    for fusion, session in sessions.items():
+        out[fusion]["kv_positions"] = session.index
+        out[fusion]["kernel"] = models[fusion].kernel
+        out[fusion]["casa_layers"] = models[fusion].layer_indices
     return out
 
 
@@ -99,9 +109,12 @@ def summarize(results: dict, s: StreamBenchSettings) -> dict:
     """Ratios the issue's targets name: CASA latency last/turn 8, insertion/CASA state at the last turn."""
     casa, ins = results["casa"], results["insertion"]
     t8, last = min(8, s.turns), s.turns
+    growth = lambda values: ratio(smoothed(values, last), smoothed(values, t8))
     return {
-        "casa_latency_last_over_turn8": ratio(smoothed(casa["latency_ms"], last), smoothed(casa["latency_ms"], t8)),
-        "insertion_latency_last_over_turn8": ratio(smoothed(ins["latency_ms"], last), smoothed(ins["latency_ms"], t8)),
+        "casa_latency_last_over_turn8": growth(casa["latency_ms"]),
+        "insertion_latency_last_over_turn8": growth(ins["latency_ms"]),
+        "casa_add_image_last_over_turn8": growth(casa["add_image_ms"]),
+        "insertion_add_image_last_over_turn8": growth(ins["add_image_ms"]),
         "state_insertion_over_casa_at_last": ratio(ins["state_bytes"][-1], casa["state_bytes"][-1]),
         "casa_state_growth_per_turn_bytes": casa["state_bytes"][-1] - casa["state_bytes"][-2] if s.turns > 1 else None,
     }
@@ -117,26 +130,23 @@ def print_table(results: dict, s: StreamBenchSettings) -> None:
         rows.append([t, c_ms, i_ms, ratio(i_ms, c_ms), c_tok, i_tok, c_mb, i_mb, ratio(i_mb, c_mb)])
     print(table(["turn", "CASA TTFT ms", "ins TTFT ms", "ins/CASA", "CASA dec tok/s", "ins dec tok/s",
                  "CASA state MiB", "ins state MiB", "ins/CASA"], rows))
-    summary = results["summary"]
-    print(f"\nCASA TTFT turn {s.turns} / turn {min(8, s.turns)}: {summary['casa_latency_last_over_turn8']:.2f}"
+    summary, span = results["summary"], f"turn {s.turns} / turn {min(8, s.turns)}"
+    print(f"\nCASA TTFT {span}: {summary['casa_latency_last_over_turn8']:.2f}"
           f"   insertion: {summary['insertion_latency_last_over_turn8']:.2f}"
-          f"   state insertion/CASA at turn {s.turns}: {summary['state_insertion_over_casa_at_last']:.1f}x")
+          f"   state insertion/CASA at turn {s.turns}: {summary['state_insertion_over_casa_at_last']:.1f}x"
+          f"\nadd_image alone, {span}: CASA {summary['casa_add_image_last_over_turn8']:.2f}"
+          f"   insertion: {summary['insertion_add_image_last_over_turn8']:.2f}")
 
 
 def run_stream(s: StreamBenchSettings) -> dict:
     """Both fusions on the same base, frames and text; the result dict written as JSON."""
     base = load_llm(s.model, s.dtype, s.device)
-    results = {"bench": "stream", "settings": vars(s).copy(), "machine": machine(s.device)}
-    frames = text = None
-    for fusion in FUSIONS:
-        model = build(base, fusion, s.image_tokens, s.every, s.kernel or None, s.seed)
-        if frames is None:
-            frames, text = make_inputs(s, model.config.vocab_size, model.vision.image_size)
-        print(f"bench stream: {fusion}, {s.turns} turns ...", flush=True)
-        results[fusion] = run_fusion(model, frames, text, s)
-        results[fusion]["kernel"] = model.kernel
-        del model
-        gc.collect()
+    models = {fusion: build(base, fusion, s.image_tokens, s) for fusion in FUSIONS}
+    frames, text = make_inputs(s, base.config.vocab_size, models["casa"].vision.image_size)
+    results = {"bench": "stream", "settings": dataclasses.asdict(s), "machine": machine(s.device)}
+    print(f"bench stream: {s.turns} turns, CASA and insertion turn by turn ...", flush=True)
+    results.update(run_turns(models, frames, text, s))
+    results["load_average_after"] = machine(s.device)["load_average_1_5_15"]
     results["summary"] = summarize(results, s)
     return results
 

@@ -3,14 +3,16 @@
 Both fusions train on the same frozen base weights and the same synthetic samples (4 text tokens,
 one image marker, the rest of the text; loss on the text after the image), with AdamW over what
 each one trains (CASA layers + marker + projector, or the projector; `--lora R` adds LoRA to both).
-All samples of a run have the same length, so batches need no padding and no packing. Presets:
+All samples of a run have the same length, so batches need no padding; `--pack K` puts K samples in a
+row (`sample_ids`, positions restarting per sample, no attention across samples). Presets:
 
   image-heavy   256 image tokens + 48 text tokens a sample, batch 8
   text-heavy    256 image tokens + 1,024 text tokens a sample, batch 2
 
 tokens/s counts every token of a sample (text + image) over the timed steps (after `--warmup`).
-Memory: each (preset, fusion) runs in its own child process. CPU: the child loads the model and
-builds the batch, collects garbage and trims malloc, reads VmRSS, resets the kernel's peak-RSS
+Memory: each (preset, fusion) runs in its own child process. CPU: the child loads the model,
+builds the batch, runs one short forward + backward (gradients dropped) so that one-time library
+set-up is not counted, collects garbage and trims malloc, reads VmRSS, resets the kernel's peak-RSS
 counter (`5 > /proc/self/clear_refs`), runs every step (warm-up included, so optimizer state and
 gradients count) and reads VmHWM: peak = VmHWM - RSS after load. Where clear_refs is refused it
 falls back to ru_maxrss - RSS after load (and says so). CUDA: `max_memory_allocated` after
@@ -23,6 +25,7 @@ import ctypes
 import dataclasses
 import gc
 import json
+import os
 import re
 import resource
 import subprocess
@@ -56,7 +59,11 @@ class TrainBenchSettings:
     preset: str = field(default="both", metadata={"help": "workload", "choices": [*PRESETS, "both"]})
     model: str = field(default="tiny", metadata={"help": "tiny | smollm2-135m | a local HF folder or .gguf"})
     every: int = field(default=3, metadata={"help": "CASA in every N-th block"})
+    layers: str = field(default="", metadata={"help": "CASA blocks, e.g. 14,17,-1; overrides --every"})
     lora: int = field(default=0, metadata={"help": "LoRA rank on the backbone for both fusions (0: none)"})
+    freeze_marker: bool = field(default=False, metadata={
+        "help": "CASA: keep the image-marker embedding frozen, so backward stops at the lowest CASA block"})
+    pack: int = field(default=1, metadata={"help": "samples packed in a row (sample_ids; 1: one sample a row)"})
     steps: int = field(default=3, metadata={"help": "timed optimizer steps"})
     warmup: int = field(default=1, metadata={"help": "untimed steps first (their memory counts)"})
     batch: int = field(default=0, metadata={"help": "samples a step (0: the preset's)"})
@@ -68,6 +75,10 @@ class TrainBenchSettings:
     dtype: str = field(default="fp32", metadata={"help": "fp32 | bf16 | fp16", "choices": ["fp32", "bf16", "fp16"]})
     seed: int = field(default=0, metadata={"help": "seed of the data and new parameters"})
     json: str = field(default="", metadata={"help": "write the results here (JSON)"})
+
+    def __post_init__(self) -> None:
+        if self.pack < 1 or (self.batch and self.batch % self.pack):
+            raise ValueError(f"--pack {self.pack} must be >= 1 and divide the batch")
 
     def workload(self, name: str) -> Preset:
         """The preset `name` with this run's overrides."""
@@ -118,26 +129,35 @@ def _malloc_trim() -> None:
         pass
 
 
-def make_batch(model, p: Preset, seed: int, device: str) -> dict:
-    """B samples: 4 text tokens, the image marker, the rest of the text; labels on the text after the image."""
+def make_batch(model, p: Preset, seed: int, device: str, pack: int = 1) -> dict:
+    """B samples: 4 text tokens, the image marker, the rest of the text; labels on the text after the
+    image. pack > 1: `pack` samples a row, with `sample_ids` and restarting `position_ids`."""
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (p.batch, p.text_tokens + 1), generator=gen)  # (B, T)
+    ids = torch.randint(0, model.config.vocab_size, (p.batch, p.text_tokens + 1), generator=gen)  # (B, t)
     ids[:, 4] = model.image_token_id
     labels = ids.clone()
     labels[:, :5] = -100
     size = model.vision.image_size
-    images = [torch.rand(1, 3, size, size, generator=gen).to(device) for _ in range(p.batch)]
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "images": images}
+    pixels = torch.rand(p.batch, 3, size, size, generator=gen)  # (B, 3, S, S)
+    rows = p.batch // pack
+    batch = {"input_ids": ids.reshape(rows, -1), "labels": labels.reshape(rows, -1),  # (B / pack, pack * t)
+             "images": list(pixels.reshape(rows, pack, 3, size, size))}
+    if pack > 1:
+        batch["sample_ids"] = torch.arange(1, pack + 1).repeat_interleave(ids.shape[1]).expand(rows, -1)
+        batch["position_ids"] = torch.arange(ids.shape[1]).repeat(pack).expand(rows, -1)
+    return {k: [x.to(device) for x in v] if k == "images" else v.to(device) for k, v in batch.items()}
 
 
 def child(config: dict) -> dict:
     """One (preset, fusion) in this process: load, measure memory and time over the steps."""
     s, fusion, p = TrainBenchSettings(**config["settings"]), config["fusion"], Preset(**config["preset"])
     set_threads(s.threads)
-    model = build(load_llm(s.model, s.dtype, s.device), fusion, p.image_tokens, s.every, s.kernel or None, s.seed,
-                  lora=s.lora, copy_base=False)
+    model = build(load_llm(s.model, s.dtype, s.device), fusion, p.image_tokens, s, copy_base=False)
     model.train()
-    batch = make_batch(model, p, s.seed, s.device)
+    if s.freeze_marker and fusion == "casa":
+        model.llm.get_input_embeddings().marker.requires_grad_(False)
+    batch = make_batch(model, p, s.seed, s.device, s.pack)
+    _prime(model, make_batch(model, Preset(p.image_tokens, 8, 1), s.seed, s.device))
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     meter = PeakMemory(s.device)
     meter.start()
@@ -149,9 +169,19 @@ def child(config: dict) -> dict:
     sync(s.device)
     seconds = (time.perf_counter() - start) / max(s.steps, 1)
     tokens = p.batch * (p.text_tokens + p.image_tokens)
-    return {"s_per_step": seconds, "tokens_per_s": tokens / seconds, "tokens_per_step": tokens,
+    return {"load_average_1m_at_start": config["load"], "s_per_step": seconds, "tokens_per_s": tokens / seconds,
+            "tokens_per_step": tokens,
             "peak_bytes": meter.peak_bytes(), "memory_method": meter.method, "loss": losses[-1] if losses else None,
-            "trainable": model.trainable_counts()["total"], "kernel": model.kernel}
+            "trainable": sum(q.numel() for q in model.parameters() if q.requires_grad), "kernel": model.kernel,
+            "casa_layers": model.layer_indices}
+
+
+def _prime(model, batch: dict) -> None:
+    """Forward + backward on one short sample, gradients dropped: the libraries' one-time set-up
+    (thread pools, kernels, autograd engine) then sits in the baseline, not in the measured peak."""
+    model(**batch).loss.backward()
+    for q in model.parameters():
+        q.grad = None
 
 
 def _step(model, opt, batch: dict) -> float:
@@ -159,12 +189,13 @@ def _step(model, opt, batch: dict) -> float:
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def run_child(s: TrainBenchSettings, fusion: str, p: Preset) -> dict:
     """`child()` in a fresh Python process; its result comes back as the last stdout line."""
-    config = {"settings": dataclasses.asdict(s), "fusion": fusion, "preset": dataclasses.asdict(p)}
+    config = {"settings": dataclasses.asdict(s), "fusion": fusion, "preset": dataclasses.asdict(p),
+              "load": os.getloadavg()[0]}
     proc = subprocess.run([sys.executable, "-m", "casa_adapter.bench.train", json.dumps(config)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -183,8 +214,9 @@ def run_train(s: TrainBenchSettings) -> dict:
         runs = {fusion: run_child(s, fusion, p) for fusion in FUSIONS}
         results["results"][name] = {"workload": dataclasses.asdict(p), **runs}
         casa, ins = runs["casa"], runs["insertion"]
-        results["summary"][name] = {"memory_casa_over_insertion": ratio(casa["peak_bytes"], ins["peak_bytes"]),
-                                    "tokens_per_s_casa_over_insertion": ratio(casa["tokens_per_s"], ins["tokens_per_s"])}
+        results["summary"][name] = {
+            "memory_casa_over_insertion": ratio(casa["peak_bytes"], ins["peak_bytes"]),
+            "tokens_per_s_casa_over_insertion": ratio(casa["tokens_per_s"], ins["tokens_per_s"])}
     results["memory_method"] = runs["casa"]["memory_method"]
     return results
 
@@ -205,6 +237,7 @@ def print_table(results: dict) -> None:
 def run(args) -> int:
     """`bench train` from parsed arguments: print the table, write the JSON."""
     s = settings_from(args, TrainBenchSettings)
+    set_threads(s.threads)  # the children set it too; here it is what `machine` reports
     print(f"machine load average before: {machine(s.device)['load_average_1_5_15']}", flush=True)
     results = run_train(s)
     print_table(results)
