@@ -5,7 +5,7 @@ name belongs to another package, and `fabric run` runs scripts), so this script 
 shape itself, on top of `LightningCLI`:
 
     casa-adapter run recipes/demo.yaml [--trainer.max_steps=100 ...]   # = fit --config RECIPE
-    casa-adapter fit|validate|predict --config RECIPE [...]            # LightningCLI, unchanged
+    casa-adapter fit|validate --config RECIPE [...]                    # LightningCLI, unchanged
     casa-adapter data ...                                              # casa_adapter.data.commands
     casa-adapter eval ...                                              # casa_adapter.eval
     casa-adapter bench ...                                             # casa_adapter.bench.commands
@@ -26,7 +26,6 @@ training (LightningCLI; recipes name casa_adapter.CasaModule and casa_adapter.da
                             resume: --ckpt_path=last; show the full config: --print_config)
   fit       --config RECIPE  train (LightningCLI fit)
   validate  --config RECIPE  validation loss and answer accuracy
-  predict   --config RECIPE  predictions on the predict set
 
 evaluation (casa-adapter eval --help):
   eval --adapter DIR --base NAME --shards SPEC   generate answers on shards, write JSONL, print metrics
@@ -40,7 +39,7 @@ benchmarks, CASA vs token insertion side by side (casa-adapter bench --help):
   bench stream | train | kernel
 """
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = ("fit", "validate")  # predictions on shards: `casa-adapter eval`
 
 
 def lightning_main(argv: list[str]) -> int:
