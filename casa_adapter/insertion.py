@@ -9,7 +9,8 @@ Inputs and outputs speak CASA's language, so the two fusions are interchangeable
 `input_ids` (one marker per image), `images` and `labels`, and logits with ONE ROW PER POSITION OF
 `input_ids`. The row of a marker is the row of its image's last token (the one that predicts the
 text after the image); image tokens carry no label. Rows of a batch that grow to different lengths
-are left-padded, with positions counted from the attention mask.
+are left-padded, with positions counted from the attention mask; packed rows (`sample_ids`) get
+positions restarting at each sample, and no attention crosses samples.
 
 Example:
     >>> import torch, casa_adapter
