@@ -64,6 +64,12 @@ class CasaLayer(nn.Module):
             return self._access[0].live_qkv(x)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
+    def _kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, I, D) -> k, v (B, I, Hkv*hd), without the unused query projection where it can be skipped."""
+        if self.variant == "shared":
+            return self._access[0].live_qkv(x)[1:]
+        return self.k_proj(x), self.v_proj(x)
+
     def _heads(self, x: torch.Tensor, n: int, norm: nn.Module | None) -> torch.Tensor:
         """(B, T, n*hd) -> (B, n, T, hd), applying a per-head or full-width norm."""
         B, T, _ = x.shape
@@ -89,7 +95,7 @@ class CasaLayer(nn.Module):
     # -- forward -------------------------------------------------------------------------
     def _image_keys(self, inputs: CasaInputs, cos, sin):
         """Keys/values of this call's image tokens, RoPE'd at their window start: (B, Hkv, I, hd) x2, meta (B, I) x2."""
-        _, k, v = self._qkv(inputs.image_tokens)  # (B, I, Hkv*hd)
+        k, v = self._kv(inputs.image_tokens)  # (B, I, Hkv*hd): image tokens are never queries
         q_norm, k_norm = self._norms()
         k, v = self._heads(k, self.num_kv_heads, k_norm), self._heads(v, self.num_kv_heads, None)
         if self.rope_fn is not None:
