@@ -11,6 +11,7 @@ model with the recorded settings and loads the tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -197,7 +198,8 @@ def load_adapter(directory: str | os.PathLike, llm: nn.Module, vision: nn.Module
             f"{llm.config.model_type}, {_dtype(llm)}) has fingerprint {found}. Load the same base weights in the same "
             f"dtype (the fingerprint covers both).")
     casa = manifest["casa"]
-    settings = CasaSettings.from_dict({k: casa[k] for k in ("every", "layers", "variant", "init", "fusion")})
+    names = [f.name for f in dataclasses.fields(CasaSettings)]
+    settings = CasaSettings.from_dict({"image_norm": False, **{k: casa[k] for k in names if k in casa}})  # older: no norm
     spec = manifest["vision"]
     if spec["kind"] == "custom":
         if vision is None:

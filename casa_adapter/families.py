@@ -160,6 +160,7 @@ class AttentionAccess:
     def __init__(self, attn: nn.Module, spec: FamilySpec, config, model_type: str):
         self.attn, self.spec = attn, spec
         self.num_heads = config.num_attention_heads
+        self.hidden_size = config.hidden_size
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(attn, "head_dim", None) or config.hidden_size // self.num_heads
         self.scaling = float(getattr(attn, "scaling", self.head_dim**-0.5))

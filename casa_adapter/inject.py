@@ -64,7 +64,8 @@ def attach_casa(llm: nn.Module, settings: CasaSettings, lora: LoraSettings | Non
         for i in indices:
             attn = getattr(blocks[i], spec.attention)
             access = AttentionAccess(attn, spec, llm.config, llm.config.model_type)
-            setattr(blocks[i], spec.attention, CasaAttention(attn, CasaLayer(access, i, settings.variant, settings.init, kernel)))
+            layer = CasaLayer(access, i, settings.variant, settings.init, kernel, image_norm=settings.image_norm)
+            setattr(blocks[i], spec.attention, CasaAttention(attn, layer))
         llm.set_input_embeddings(MarkerEmbedding(embedding))
         probe_casa(llm, spec, indices)
     except Exception:
@@ -109,20 +110,22 @@ def probe_casa(llm: nn.Module, spec, indices: list[int]) -> None:
 
 def wrap(llm: nn.Module, vision: str | VisionSettings | nn.Module = "siglip", every: int = 1,
          layers: list[int] | None = None, variant: str = "casa", lora: LoraSettings | None = None,
-         fusion: str = "casa", init: str = "zero", kernel: str = "auto",
-         **vision_overrides) -> CasaModel | InsertionModel:
+         fusion: str = "casa", init: str = "zero", kernel: str = "auto", image_norm: bool = True,
+         train_marker: bool = True, **vision_overrides) -> CasaModel | InsertionModel:
     """Wrap `llm` (an `AutoModelForCausalLM`) into a `CasaModel`. The LLM is modified in place and frozen.
 
     vision: "siglip", any open_clip name, a `VisionSettings`, or an `nn.Module` tower with an int `embed_dim`.
     every / layers: CASA placement (see `layer_indices`). variant: "casa" | "ca" | "shared".
     init: "zero" (output starts at exactly 0; default) | "copy" (paper). lora: LoraSettings or None.
     kernel: CASA attention kernel name (`casa_adapter.attention.KERNELS`).
+    image_norm / train_marker: see `CasaSettings` (normalise image tokens per CASA layer; train the marker).
     fusion: "casa" (CASA layers, a `CasaModel`) | "insertion" (the token-insertion baseline, an `InsertionModel`).
     vision_overrides: `unfreeze_last`, `pool`, `projector`, `pretrained` for the vision encoder.
     """
     from casa_adapter.checkpoint import fingerprint
 
-    settings = CasaSettings(every=every, layers=layers, variant=variant, init=init, fusion=fusion)
+    settings = CasaSettings(every=every, layers=layers, variant=variant, init=init, fusion=fusion,
+                            image_norm=image_norm, train_marker=train_marker)
     family_spec(llm)  # a clear error for what is not a transformers causal LM, before anything else
     _check_not_wrapped(llm)
     return build_model(llm, settings, vision, lora, kernel, fingerprint(llm), **vision_overrides)

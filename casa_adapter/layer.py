@@ -1,12 +1,13 @@
 """The CASA layer and the wrapper that sets it beside a decoder block's self-attention.
 
-    h   = x + SA(norm(x)) + CASA(norm(x), image_tokens)
+    h   = x + SA(norm(x)) + CASA(norm(x), norm'(image_tokens))
     out = h + FFN(norm2(h))
 
 `CasaAttention` replaces the block's attention attribute and holds the original as `.sa` (it is
 wrapped, not subclassed, so any family works). It runs SA, then adds the CASA layer's output
 computed on the same normed input. `CasaLayer` owns its projections (copied from SA) or, for
-the `shared` variant, calls SA's live projections behind a learned gate.
+the `shared` variant, calls SA's live projections behind a learned gate; `norm'` is its own
+trainable RMSNorm (unit weight at the start) on the image tokens (`CasaSettings.image_norm`).
 
 Example:
     >>> import torch, casa_adapter
@@ -35,15 +36,18 @@ class CasaLayer(nn.Module):
     """Cross-attention from text queries to [window image tokens ; window text so far]."""
 
     def __init__(self, access: AttentionAccess, layer_idx: int, variant: str = "casa", init: str = "zero",
-                 kernel: str = "auto"):
+                 kernel: str = "auto", image_norm: bool = True):
         super().__init__()
         self.layer_idx, self.variant, self.kernel = layer_idx, variant, kernel
+        ref = next(access.attn.parameters())
+        self.image_norm = None  # None: image tokens reach k/v as the projector gives them
+        if image_norm:
+            self.image_norm = nn.RMSNorm(access.hidden_size, eps=1e-6, device=ref.device, dtype=ref.dtype)
         self.num_heads, self.num_kv_heads = access.num_heads, access.num_kv_heads
         self.head_dim, self.scaling = access.head_dim, access.scaling
         self.rope_fn = access.rope_fn if variant != "ca" else None
         self._access = (access,)  # a tuple: SA stays out of this module's parameters
         if variant == "shared":
-            ref = next(access.attn.parameters())
             self.gate = nn.Parameter(torch.tensor(0.0 if init == "zero" else 1.0, dtype=ref.dtype, device=ref.device))
             self._live_norms = access.live_norms()  # a tuple: SA's norms, not registered here
             return
@@ -95,7 +99,8 @@ class CasaLayer(nn.Module):
     # -- forward -------------------------------------------------------------------------
     def _image_keys(self, inputs: CasaInputs, cos, sin):
         """Keys/values of this call's image tokens, RoPE'd at their window start: (B, Hkv, I, hd) x2, meta (B, I) x2."""
-        k, v = self._kv(inputs.image_tokens)  # (B, I, Hkv*hd): image tokens are never queries
+        tokens = inputs.image_tokens if self.image_norm is None else self.image_norm(inputs.image_tokens)  # (B, I, D)
+        k, v = self._kv(tokens)  # (B, I, Hkv*hd): image tokens are never queries
         q_norm, k_norm = self._norms()
         k, v = self._heads(k, self.num_kv_heads, k_norm), self._heads(v, self.num_kv_heads, None)
         if self.rope_fn is not None:

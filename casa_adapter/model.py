@@ -177,7 +177,7 @@ class CasaModel(FusionModel):
             if name.startswith(casa_prefixes):
                 return "casa"
             if name.endswith(".marker") and name.startswith("llm."):
-                return "marker"
+                return "marker" if self.settings.train_marker else None
             return shared(name)
 
         return classify

@@ -38,6 +38,7 @@ def build_wrapped(settings: ModelSettings):
     casa = settings.casa
     model = casa_adapter.wrap(llm, vision=settings.vision, every=casa.every, layers=casa.layers,
                               variant=casa.variant, init=casa.init, fusion=casa.fusion,
+                              image_norm=casa.image_norm, train_marker=casa.train_marker,
                               lora=settings.lora, kernel=settings.kernel)
     return model, tokenizer
 
