@@ -9,6 +9,7 @@ shape itself, on top of `LightningCLI`:
     casa-adapter data ...                                              # casa_adapter.data.commands
     casa-adapter eval ...                                              # casa_adapter.eval
     casa-adapter bench ...                                             # casa_adapter.bench.commands
+    casa-adapter study ...                                             # casa_adapter.study
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ data (casa-adapter data --help):
 
 benchmarks, CASA vs token insertion side by side (casa-adapter bench --help):
   bench stream | train | kernel
+
+fidelity study (casa-adapter study --help):
+  study [--arms casa,ca,shared,insertion,text_only] [--steps N]   train each arm from one recipe,
+                           evaluate, write docs/results.md with tables and plots
 """
 
 LIGHTNING_COMMANDS = ("fit", "validate")  # predictions on shards: `casa-adapter eval`
@@ -77,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from casa_adapter.bench.commands import main as bench_main
 
         return bench_main(rest)
+    if command == "study":
+        from casa_adapter.study import main as study_main
+
+        return study_main(rest)
     print(f"casa-adapter: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

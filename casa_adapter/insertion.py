@@ -111,8 +111,9 @@ class InsertionModel(FusionModel):
             return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         if sample_ids is not None:
             kwargs["use_cache"] = False  # transformers separates packed samples only without a cache
+        keep = _keep_slots(x.last, kwargs.pop("logits_to_keep", 0))  # (B, P) slots of the kept input positions
         return self.llm(inputs_embeds=x.embeds, attention_mask=x.attention_mask, position_ids=x.position_ids,
-                        labels=labels, logits_to_keep=x.last, **kwargs)
+                        labels=labels, logits_to_keep=keep, **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -131,6 +132,16 @@ class InsertionModel(FusionModel):
         from casa_adapter.stream import InsertionStream
 
         return InsertionStream(self)
+
+
+def _keep_slots(last: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """The slots whose logits to compute: `last` (B, T) narrowed to the input positions a caller keeps
+    (`logits_to_keep` as in transformers: 0 = all, int n = the last n, 1D tensor = these positions)."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        if logits_to_keep.ndim != 1 or logits_to_keep.dtype == torch.bool:
+            raise ValueError("InsertionModel accepts logits_to_keep as an int or a 1D tensor of input positions")
+        return last[:, logits_to_keep.to(last.device)]
+    return last if logits_to_keep == 0 else last[:, -int(logits_to_keep):]
 
 
 def _slots(marker: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -121,6 +121,15 @@ def hand_prompt(model, tokenizer, members: dict[str, bytes]) -> dict:
     return processor([{"role": "user", "content": question}], images, add_generation_prompt=True)
 
 
+def hand_generate(model, tokenizer, inputs: dict) -> str:
+    """One unpadded greedy `model.generate` of a hand-built prompt, decoded up to its end-of-turn token."""
+    out = model.generate(inputs["input_ids"][None], images=[inputs["images"]], max_new_tokens=TOKENS,
+                         do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    new = out[0, inputs["input_ids"].shape[0]:].tolist()
+    new = new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
 @pytest.mark.parametrize("qtype", ["color", "compare", "video_color"])
 def test_prediction_equals_hand_run_generate(demo, adapter, evaluated, qtype):
     """Image, two-image and video samples: the batched, left-padded prediction is what one unpadded
@@ -130,11 +139,7 @@ def test_prediction_equals_hand_run_generate(demo, adapter, evaluated, qtype):
     line = next(x for x in lines if x["qtype"] == qtype)
     inputs = hand_prompt(model, tokenizer, read_tar(demo / "val" / "shard-000000.tar")[line["id"]])
     assert inputs["images"].shape[0] == {"color": 1, "compare": 2, "video_color": 3}[qtype]
-    out = model.generate(inputs["input_ids"][None], images=[inputs["images"]], max_new_tokens=TOKENS,
-                         do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    new = out[0, inputs["input_ids"].shape[0]:].tolist()
-    new = new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
-    assert line["prediction"] == tokenizer.decode(new, skip_special_tokens=True).strip()
+    assert line["prediction"] == hand_generate(model, tokenizer, inputs)
     assert line["question"].count("<image>") == inputs["images"].shape[0]
 
 
@@ -209,3 +214,23 @@ def test_saved_run_config_gives_model_settings(tmp_path):
     parsed = read_recipe(str(write_recipe(tmp_path / "config.yaml", config)))
     assert (parsed.model.casa.every, parsed.model.vision.name, parsed.model.lora) == (2, "siglip-tiny", None)
     assert (parsed.system_prompt, parsed.val, parsed.decode) == ("", ["v"], {"max_frames": 4})
+
+
+def test_blank_images_is_the_grey_image_control(demo, adapter, tmp_path):
+    """`--blank-images`: every image becomes uniform grey of the same size, so the prediction is the one a
+    hand-built prompt with grey images gives (and it no longer depends on the picture)."""
+    from casa_adapter.data.decode import BLANK_GREY
+
+    _, model, tokenizer = adapter
+    out = tmp_path / "blank.jsonl"
+    assert main(["--adapter", str(adapter[0]), "--base", "tiny", "--shards", str(demo / "val"), "--out", str(out),
+                 "--max-new-tokens", str(TOKENS), "--quiet", "--blank-images", "--limit", "4"]) == 0
+    lines = read_jsonl(out)
+    samples = read_tar(demo / "val" / "shard-000000.tar")
+    for line in lines[:2]:
+        raw = samples[line["id"]]
+        size = Image.open(io.BytesIO(raw[next(k for k in raw if k.endswith("png"))])).size
+        grey = io.BytesIO()
+        Image.new("RGB", size, BLANK_GREY).save(grey, format="PNG")
+        blanked = {k: (grey.getvalue() if k.endswith("png") else v) for k, v in raw.items()}
+        assert line["prediction"] == hand_generate(model, tokenizer, hand_prompt(model, tokenizer, blanked))

@@ -114,6 +114,18 @@ def test_right_padded_row_matches_the_row_alone():
     assert torch.allclose(padded[0, :-2], alone[0], atol=1e-5)
 
 
+def test_logits_to_keep_selects_input_positions():
+    """What CasaModule asks for (logits only where labels are) is the same rows of the full logits."""
+    model = inserted()
+    ids, images = batch(model)
+    full = model(ids, images=images).logits  # (B, T, V)
+    keep = torch.tensor([1, 2, 6])
+    assert torch.allclose(model(ids, images=images, logits_to_keep=keep).logits, full[:, keep], atol=1e-6)
+    assert torch.allclose(model(ids, images=images, logits_to_keep=3).logits, full[:, -3:], atol=1e-6)
+    with pytest.raises(ValueError, match="1D tensor"):
+        model(ids, images=images, logits_to_keep=torch.ones_like(ids, dtype=torch.bool))
+
+
 def test_image_count_mismatch_is_clear():
     model = inserted()
     ids, images = batch(model)

@@ -21,6 +21,10 @@ from casa_adapter.data.shards import SampleRef
 from casa_adapter.processor import IGNORE_INDEX
 
 
+BLANK_GREY = (128, 128, 128)
+"""The colour of every image under `DecodeSettings.blank_images`."""
+
+
 @dataclass
 class DecodeSettings:
     """How raw samples become model inputs."""
@@ -40,6 +44,10 @@ class DecodeSettings:
 
     max_frames: int = 16
     """Most frames kept from one video (evenly thinned beyond)."""
+
+    blank_images: bool = False
+    """Replace every image by a uniform grey one of the same size after it is decoded and checked:
+    the text-only control (same prompts, token budget and compute, no visual information)."""
 
     def __post_init__(self) -> None:
         if self.overlength not in ("truncate", "drop"):
@@ -75,7 +83,10 @@ def validate(ref: SampleRef, members: dict[str, bytes], settings: DecodeSettings
     if ref.problem is not None:
         raise SampleError(ref.problem, "the shard ends inside this sample")
     chat = read_chat(parse_json(members.get("json")), list(members), settings.video_fps, settings.max_frames)
-    return chat, [decode_image(members[ext], ext) for ext in chat.image_exts]
+    images = [decode_image(members[ext], ext) for ext in chat.image_exts]
+    if settings.blank_images:
+        images = [Image.new("RGB", im.size, BLANK_GREY) for im in images]
+    return chat, images
 
 
 def decode_image(data: bytes, name: str) -> Image.Image:

@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
                                            "the recipe's, else the chat template's own behaviour")
     p.add_argument("--video-fps", type=float, metavar="F", help="video frames kept per second (default: the recipe's, else 2)")
     p.add_argument("--max-frames", type=int, metavar="N", help="most frames kept per video (default: the recipe's, else 16)")
+    p.add_argument("--blank-images", action="store_true", help="replace every image by a grey one (the text-only control; "
+                                                             "default: the recipe's data.settings.blank_images)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -57,7 +59,8 @@ def eval_settings(args: argparse.Namespace, recipe: Recipe | None) -> EvalSettin
     if not shards:
         raise ValueError("give --shards SPEC (or a --recipe with validation data)")
     optional = {"video_fps": args.video_fps if args.video_fps is not None else decode.get("video_fps"),
-                "max_frames": args.max_frames if args.max_frames is not None else decode.get("max_frames")}
+                "max_frames": args.max_frames if args.max_frames is not None else decode.get("max_frames"),
+                "blank_images": True if args.blank_images else decode.get("blank_images")}
     return EvalSettings(shards=shards, out=args.out, json_path=args.json_path,
                         metrics=tuple(canonical_name(m) for m in args.metrics.split(",") if m.strip()),
                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,

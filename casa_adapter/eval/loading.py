@@ -82,7 +82,7 @@ def read_recipe(path: str) -> Recipe:
     data = _args(recipe.get("data")) or {}
     settings = _args(data.get("settings")) or {}
     return Recipe(model=model_settings(module.get("model")), system_prompt=module.get("system_prompt"),
-                  val=_val_specs(data), decode={k: settings[k] for k in ("video_fps", "max_frames") if k in settings})
+                  val=_val_specs(data), decode={k: settings[k] for k in ("video_fps", "max_frames", "blank_images") if k in settings})
 
 
 def check_adapter(directory: str) -> dict:

@@ -101,7 +101,8 @@ def evaluate(model: Any, processor: Any, settings: EvalSettings) -> dict:
     (`overall`, `qtypes`, `samples`, `predictions`: see `casa_adapter.eval.report`)."""
     indexes = index_sources(list(settings.shards))
     total = sum(len(index.refs) for index in indexes)
-    decode = DecodeSettings(video_fps=settings.video_fps, max_frames=settings.max_frames)
+    decode = DecodeSettings(video_fps=settings.video_fps, max_frames=settings.max_frames,
+                            blank_images=settings.blank_images)
     stop_ids = stop_token_ids(model, processor.tokenizer)
     counter, board = BadSampleCounter(), Scoreboard(settings.metrics)
     model.eval()

@@ -40,6 +40,9 @@ class EvalSettings:
     max_frames: int = 16
     """Most frames kept from one video (as `DataSettings.max_frames` in training)."""
 
+    blank_images: bool = False
+    """Replace every image by a uniform grey one (as `DataSettings.blank_images`): the text-only control."""
+
     show_progress: bool = True
     """Draw a progress bar over the samples (on stderr)."""
 

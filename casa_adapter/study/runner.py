@@ -1,0 +1,166 @@
+"""Runs the study: per arm, train from the shared recipe in a child process, then `casa-adapter eval`.
+
+Each arm gets `WORK/ARM/`: `recipe.yaml` (the recipe it ran), `logs/metrics.csv` (Lightning's CSV
+log: validation curves, throughput), `adapter/final`, `eval.json` + `preds.jsonl` (greedy answers on
+the validation shards, per question type) and `summary.json` (what the report reads). Training runs
+in a child process so that each arm's peak resident memory is its own (`os.wait4` rusage).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from casa_adapter.study.arms import ARMS, Arm
+
+
+@dataclass
+class StudySettings:
+    """What the study trains and where it writes."""
+
+    recipe: str = "recipes/demo.yaml"
+    """The shared recipe (data, seed, optimiser, tower, base model); every arm starts from it."""
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    """Arm names (`casa_adapter.study.arms.ARMS`), in table order."""
+    steps: int = 300
+    """Optimizer steps per arm (the recipe's `max_time` is lifted: the budget is steps, not minutes)."""
+    val_every: int = 50
+    """Validation (loss and answer accuracy) every this many steps: the points of the curves."""
+    base: str | None = None
+    """Base LLM instead of the recipe's (e.g. `tiny` for a quick check)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """More dotted recipe paths -> values, applied to every arm (e.g. `data.init_args.settings.batch_size`)."""
+    work: str = "runs/study"
+    """Folder of the per-arm runs."""
+    out: str = "docs/results.md"
+    """The report; its plots go to a `results/` folder beside it."""
+    quiet: bool = False
+    """Send the children's output (progress bars) to `WORK/ARM/train.log` and `eval.log` instead of the terminal."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or not 1 <= self.val_every <= self.steps:
+            raise ValueError(f"steps must be >= 1 and val_every within [1, steps]: {self.steps}, {self.val_every}")
+
+
+def set_path(config: dict, path: str, value: Any) -> None:
+    """config["a"]["b"]["c"] = value for path "a.b.c", creating missing levels."""
+    node = config
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"recipe path {path!r}: {key!r} is not a mapping")
+    node[last] = value
+
+
+def arm_recipe(base: dict, arm: Arm, settings: StudySettings, arm_dir: Path) -> dict:
+    """The recipe one arm runs: the shared one, its step budget and output folders, then the arm's changes."""
+    config = copy.deepcopy(base)
+    trainer = config.setdefault("trainer", {})
+    trainer.update(max_steps=settings.steps, max_time=None, val_check_interval=settings.val_every,
+                   check_val_every_n_epoch=None, default_root_dir=str(arm_dir), enable_checkpointing=False,
+                   logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
+                           "init_args": {"save_dir": str(arm_dir), "name": "logs", "version": ""}},
+                   callbacks=[])
+    config["adapter"] = {"dirpath": str(arm_dir / "adapter")}
+    changes = dict(settings.overrides)
+    if settings.base is not None:
+        changes["model.init_args.model.base"] = settings.base
+    for path, value in {**changes, **arm.recipe}.items():
+        set_path(config, path, value)
+    return config
+
+
+def _child(args: list[str], log: Path | None) -> tuple[int, float, float]:
+    """Run `python -m casa_adapter.cli ARGS`: (exit status, wall seconds, peak RSS in MiB)."""
+    start = time.perf_counter()
+    with open(log, "w") if log else open(os.devnull, "w") as sink:
+        out = sink if log else None
+        proc = subprocess.Popen([sys.executable, "-m", "casa_adapter.cli", *args], stdout=out,
+                                stderr=subprocess.STDOUT if log else None)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def read_curves(metrics_csv: Path) -> dict[str, Any]:
+    """Validation points and throughput from Lightning's CSV log."""
+    val, tokens, samples, seconds = [], [], [], []
+    with open(metrics_csv) as f:
+        for row in csv.DictReader(f):
+            if row.get("val/accuracy"):  # logged at the 0-based index of the batch it follows
+                val.append({"step": int(row["step"]) + 1, "accuracy": float(row["val/accuracy"]),
+                            "loss": float(row["val/loss"])})
+            if row.get("perf/tokens_per_s"):
+                tokens.append(float(row["perf/tokens_per_s"]))
+                samples.append(float(row["perf/samples_per_s"]))
+                seconds.append(float(row["perf/step_seconds"]))
+    steady = slice(1, None) if len(tokens) > 2 else slice(None)  # the first step pays for warm-up
+    return {"val": val, "tokens_per_s": statistics.median(tokens[steady]) if tokens else None,
+            "samples_per_s": statistics.median(samples[steady]) if samples else None,
+            "step_seconds": statistics.median(seconds[steady]) if seconds else None}
+
+
+def run_arm(arm: Arm, base_recipe: dict, settings: StudySettings, index: int, total: int) -> dict:
+    """Train and evaluate one arm; returns (and writes) its summary."""
+    arm_dir = Path(settings.work) / arm.name
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    recipe_path = arm_dir / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(arm_recipe(base_recipe, arm, settings, arm_dir), sort_keys=False))
+    print(f"[study {index}/{total}] {arm.name}: {arm.label}, {settings.steps} steps ({recipe_path})", flush=True)
+    code, seconds, peak = _child(["run", str(recipe_path)], arm_dir / "train.log" if settings.quiet else None)
+    if code != 0:
+        raise RuntimeError(f"study arm {arm.name!r}: training exited with status {code} (recipe {recipe_path}"
+                           f"{', log ' + str(arm_dir / 'train.log') if settings.quiet else ''})")
+    adapter = arm_dir / "adapter" / "final"
+    eval_args = ["eval", "--recipe", str(recipe_path), "--adapter", str(adapter), "--metrics", "em",
+                 "--out", str(arm_dir / "preds.jsonl"), "--json", str(arm_dir / "eval.json"), "--quiet"]
+    print(f"[study {index}/{total}] {arm.name}: evaluating {adapter}", flush=True)
+    code, _, _ = _child(eval_args + (["--blank-images"] if arm.blank_images else []),
+                        arm_dir / "eval.log" if settings.quiet else None)
+    if code != 0:
+        raise RuntimeError(f"study arm {arm.name!r}: `casa-adapter {' '.join(eval_args)}` exited with status {code}")
+    results = json.loads((arm_dir / "eval.json").read_text())
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    summary = {"arm": arm.name, "label": arm.label, "steps": settings.steps, "train_seconds": seconds,
+               "peak_rss_mb": peak, "trainable": manifest["trainable"]["counts"]["total"],
+               **read_curves(arm_dir / "logs" / "metrics.csv"),
+               "eval": {"overall": results["overall"]["exact_match"], "count": results["overall"]["count"],
+                        "qtypes": {q: row["exact_match"] for q, row in results["qtypes"].items()}}}
+    (arm_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"[study {index}/{total}] {arm.name}: accuracy {summary['eval']['overall']:.1%}, "
+          f"{seconds / 60:.1f} min, peak RSS {peak:,.0f} MiB", flush=True)
+    return summary
+
+
+def run_study(settings: StudySettings) -> list[dict]:
+    """Every arm in order; returns their summaries."""
+    from casa_adapter.study.arms import select
+
+    arms = select(settings.arms)
+    base_recipe = yaml.safe_load(Path(settings.recipe).read_text())
+    return [run_arm(arm, base_recipe, settings, i, len(arms)) for i, arm in enumerate(arms, 1)]
+
+
+def read_summaries(settings: StudySettings) -> list[dict]:
+    """The summaries a previous run wrote, for the arms asked for (a missing one is an error naming it)."""
+    from casa_adapter.study.arms import select
+
+    out = []
+    for arm in select(settings.arms):
+        path = Path(settings.work) / arm.name / "summary.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no finished run of study arm {arm.name!r}; run the study without --report-only")
+        out.append(json.loads(path.read_text()))
+    return out
