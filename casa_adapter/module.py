@@ -82,6 +82,7 @@ class CasaModule(L.LightningModule):
                                    "gradient_checkpointing": gradient_checkpointing, "compile": compile,
                                    "system_prompt": system_prompt})
         self.model, self.tokenizer = build_wrapped(self.settings)
+        self.model.train()  # from_pretrained returns eval mode and Lightning keeps each module's mode as found
         extra = {} if system_prompt is None else {"system_prompt": system_prompt}
         self.processor = Processor.from_model(self.model, self.tokenizer, **extra)
         self.strict_loading = False  # checkpoints hold only the trainable tensors

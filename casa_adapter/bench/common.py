@@ -73,12 +73,14 @@ def load_llm(name: str, dtype: str, device: str) -> nn.Module:
 def build(base: nn.Module, fusion: str, tokens: int, s, copy_base: bool = True):
     """`wrap()` a copy of `base` (so both fusions share the same weights) with a `BenchTower` of `tokens`
     tokens, as the settings `s` say: `every`, `layers` ("" or comma-separated block indices), `kernel`
-    ("": wrap()'s default), `lora` (rank, 0: none), `seed`."""
+    ("": wrap()'s default), `lora` (rank, 0: none), `freeze_marker` (CASA: `train_marker=False`), `seed`."""
     import casa_adapter
 
     llm = copy.deepcopy(base) if copy_base else base
     torch.manual_seed(s.seed)
     kw = {"kernel": s.kernel} if s.kernel else {}
+    if fusion == "casa":
+        kw["train_marker"] = not getattr(s, "freeze_marker", False)
     layers = [int(i) for i in s.layers.split(",")] if s.layers else None
     lora = casa_adapter.LoraSettings(rank=s.lora) if getattr(s, "lora", 0) else None
     model = casa_adapter.wrap(llm, vision=BenchTower(tokens), every=s.every, layers=layers, fusion=fusion,

@@ -154,8 +154,6 @@ def child(config: dict) -> dict:
     set_threads(s.threads)
     model = build(load_llm(s.model, s.dtype, s.device), fusion, p.image_tokens, s, copy_base=False)
     model.train()
-    if s.freeze_marker and fusion == "casa":
-        model.llm.get_input_embeddings().marker.requires_grad_(False)
     batch = make_batch(model, p, s.seed, s.device, s.pack)
     _prime(model, make_batch(model, Preset(p.image_tokens, 8, 1), s.seed, s.device))
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)

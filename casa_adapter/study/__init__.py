@@ -1,7 +1,7 @@
 """`casa-adapter study`: the fidelity study (CASA vs cross-attention vs shared vs token insertion, plus
 a text-only control) on one recipe and one budget, written up as `docs/results.md` with plots.
 
-    casa-adapter study                          # all arms, recipes/demo.yaml, 300 steps each
+    casa-adapter study                          # all arms, recipes/demo.yaml, 200 steps each
     casa-adapter study --arms casa,insertion --steps 100 --out /tmp/study.md
     casa-adapter study --report-only            # rewrite the report from finished runs
 """

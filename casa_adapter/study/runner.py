@@ -33,7 +33,7 @@ class StudySettings:
     """The shared recipe (data, seed, optimiser, tower, base model); every arm starts from it."""
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     """Arm names (`casa_adapter.study.arms.ARMS`), in table order."""
-    steps: int = 300
+    steps: int = 200
     """Optimizer steps per arm (the recipe's `max_time` is lifted: the budget is steps, not minutes)."""
     val_every: int = 50
     """Validation (loss and answer accuracy) every this many steps: the points of the curves."""
