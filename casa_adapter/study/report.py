@@ -5,6 +5,7 @@ targets checked against the numbers, and matplotlib PNG plots (validation curves
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -107,7 +108,13 @@ def target_checks(summaries: list[dict], chance: dict[str, float] | None) -> lis
         out.append(f"- insertion >= CASA > cross-attention: {'holds' if order else 'does not hold'} "
                    f"({_pct(acc['insertion'])} / {_pct(acc['casa'])} / {_pct(acc['ca'])}).")
         gap = 100 * (acc["insertion"] - acc["casa"])
-        out.append(f"- CASA within 3 points of insertion: {'yes' if gap <= 3 else 'no'} (insertion - CASA = {gap:+.1f} points).")
+        out.append(f"- CASA at most 3 points below insertion: {'yes' if gap <= 3 else 'no'} "
+                   f"(insertion - CASA = {gap:+.1f} points).")
+    n = max((s["eval"]["count"] for s in summaries), default=0)
+    if n:
+        worst = max(math.sqrt(a * (1 - a) / n) for a in acc.values())
+        out.append(f"- Noise: with {n} evaluation samples the binomial standard error of these accuracies is at "
+                   f"most {100 * worst:.1f} points; differences below about twice that are not resolved.")
     if "text_only" in acc and chance:
         diff = 100 * (acc["text_only"] - chance["overall"])
         out.append(f"- text-only control at chance: {_pct(acc['text_only'])}% vs {_pct(chance['overall'])}% "
