@@ -14,7 +14,7 @@ import sys
 
 import yaml
 
-from casa_adapter.study.arms import ARMS, Arm, select
+from casa_adapter.study.arms import ARMS, Arm
 from casa_adapter.study.report import write_report
 from casa_adapter.study.runner import StudySettings, read_summaries, run_study
 
@@ -57,7 +57,6 @@ def main(argv: list[str]) -> int:
         settings = StudySettings(recipe=args.recipe, arms=args.arms.split(","), steps=args.steps,
                                  val_every=args.val_every, base=args.base, overrides=parse_overrides(args.overrides),
                                  work=args.work, out=args.out, quiet=args.quiet)
-        select(settings.arms)
         summaries = read_summaries(settings) if args.report_only else run_study(settings)
     except (ValueError, FileNotFoundError) as e:
         print(f"casa-adapter study: error: {e}", file=sys.stderr)

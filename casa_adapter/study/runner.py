@@ -8,6 +8,7 @@ in a child process so that each arm's peak resident memory is its own (`os.wait4
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -22,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from casa_adapter.study.arms import ARMS, Arm
+from casa_adapter.study.arms import ARMS, Arm, select
 
 
 @dataclass
@@ -83,15 +84,14 @@ def arm_recipe(base: dict, arm: Arm, settings: StudySettings, arm_dir: Path) -> 
 
 
 def _child(args: list[str], log: Path | None) -> tuple[int, float, float]:
-    """Run `python -m casa_adapter.cli ARGS`: (exit status, wall seconds, peak RSS in MiB)."""
+    """Run `python -m casa_adapter.cli ARGS` (output to `log`, or the terminal when None):
+    (exit status, wall seconds, peak RSS in MiB)."""
     start = time.perf_counter()
-    with open(log, "w") if log else open(os.devnull, "w") as sink:
-        out = sink if log else None
-        proc = subprocess.Popen([sys.executable, "-m", "casa_adapter.cli", *args], stdout=out,
-                                stderr=subprocess.STDOUT if log else None)
+    with open(log, "w") if log else contextlib.nullcontext() as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "casa_adapter.cli", *args], stdout=sink,
+                                stderr=subprocess.STDOUT if sink else None)
         _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage.ru_maxrss / 1024
 
 
 def read_curves(metrics_csv: Path) -> dict[str, Any]:
@@ -146,8 +146,6 @@ def run_arm(arm: Arm, base_recipe: dict, settings: StudySettings, index: int, to
 
 def run_study(settings: StudySettings) -> list[dict]:
     """Every arm in order; returns their summaries."""
-    from casa_adapter.study.arms import select
-
     arms = select(settings.arms)
     base_recipe = yaml.safe_load(Path(settings.recipe).read_text())
     return [run_arm(arm, base_recipe, settings, i, len(arms)) for i, arm in enumerate(arms, 1)]
@@ -155,8 +153,6 @@ def run_study(settings: StudySettings) -> list[dict]:
 
 def read_summaries(settings: StudySettings) -> list[dict]:
     """The summaries a previous run wrote, for the arms asked for (a missing one is an error naming it)."""
-    from casa_adapter.study.arms import select
-
     out = []
     for arm in select(settings.arms):
         path = Path(settings.work) / arm.name / "summary.json"
