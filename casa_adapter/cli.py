@@ -49,7 +49,7 @@ LIGHTNING_COMMANDS = ("fit", "validate")  # predictions on shards: `casa-adapter
 
 def lightning_main(argv: list[str]) -> int:
     """LightningCLI over CasaModule / CasaDataModule with the project's callbacks and atomic checkpoints."""
-    from casa_adapter.lightning_cli import CasaCLI
+    from casa_adapter.training.cli import CasaCLI
 
     # sys.argv stays as it is: Lightning's DDP launcher starts the other ranks by re-running it
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")

@@ -67,15 +67,19 @@ class CasaSettings(_DictMixin):
 
     image_norm: bool = True
     """Give each CASA layer its own trainable RMSNorm (unit weight at the start) on the image tokens
-    before its key/value projections. Without it the projector's outputs reach the keys ~3x smaller
-    than the text's and a frozen LLM's attention sinks keep them unattended: SmolLM2-135M on the
-    demo task, 150 steps: 25% (chance) without, 59% with; a copy of the block's own input norm
-    (text RMS ~0.36 there) gave 37%."""
+    before its key/value projections. Without it the projector's outputs reach the keys much smaller
+    than the text's and a frozen LLM's attention can leave them unattended (docs/architecture.md,
+    "Image-token norm", has the measurement)."""
 
     train_marker: bool = True
     """Train the image-marker embedding. False keeps it at its start (the mean token embedding), so
     with a frozen LLM backward stops at the lowest CASA block: CASA only in the top blocks then
-    trains several times faster (SmolLM2-135M, CASA in blocks 26-29: 1.55 -> 0.9 s/step)."""
+    trains several times faster (docs/performance.md)."""
+
+    kernel: str = "auto"
+    """CASA attention kernel (`casa_adapter.casa.kernels.KERNELS`): `auto` = flash varlen on CUDA with
+    flash-attn, windowed SDPA otherwise, dense SDPA for one-token decode steps; `windowed`, `sdpa`,
+    `reference` force one (docs/kernels.md)."""
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -160,8 +164,6 @@ class ModelSettings:
     vision: VisionSettings = field(default_factory=VisionSettings)
     lora: LoraSettings | None = None
     """LoRA on the frozen LLM; None: no LoRA."""
-    kernel: str = "auto"
-    """CASA attention kernel (`casa_adapter.attention.KERNELS`)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype the base LLM is loaded in (mixed precision is the trainer's `precision`)."""
     adapter: str | None = None

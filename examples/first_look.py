@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import casa_adapter
-from casa_adapter.base_models import load_base
+from casa_adapter.backbone.base_models import load_base
 
 
 def photo() -> Image.Image:

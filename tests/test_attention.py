@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from casa_adapter.attention import KERNELS, casa_mask, reference_casa_attention
+from casa_adapter.casa.kernels import KERNELS, KeyLayout, reference_casa_attention
 
 
 def random_layout(B=3, T=14, n_img_windows=3, img_per_window=5, seed=0):
@@ -57,7 +57,7 @@ def test_kernels_match_definition(kernel, seed):
     v = torch.cat([vi, vt], 2)
     k_window = torch.cat([img_window, q_window], 1)
     k_index = torch.cat([first, index], 1)
-    got = KERNELS[kernel](q, k, v, q_window, index, k_window, k_index, 0.3)
+    got = KERNELS[kernel](q, k, v, KeyLayout(q_window, index, k_window, k_index), 0.3)
     want = loop_casa(q, kt, vt, ki, vi, q_window, img_window, 0.3)
     assert torch.allclose(got, want, atol=1e-10), (got - want).abs().max()
     outside = got.transpose(1, 2)[q_window == 0]  # (n, H, hd) queries in no window
@@ -76,7 +76,7 @@ def test_sdpa_matches_reference_fp32_forward_and_backward():
     v = torch.randn(B, 2, K, hd, requires_grad=True)
     outs = []
     for name in ("reference", "sdpa"):
-        out = KERNELS[name](q, k, v, q_window, index, k_window, k_index, 0.25)
+        out = KERNELS[name](q, k, v, KeyLayout(q_window, index, k_window, k_index), 0.25)
         grads = torch.autograd.grad(out.square().sum(), (q, k, v))
         outs.append((out, grads))
     (o1, g1), (o2, g2) = outs
@@ -88,7 +88,7 @@ def test_sdpa_matches_reference_fp32_forward_and_backward():
 def test_mask_never_crosses_windows_and_is_causal():
     q_window = torch.tensor([[0, 1, 1, 2, 2]])
     index = torch.arange(5).unsqueeze(0)
-    mask = casa_mask(q_window, index, q_window, index)[0]
+    mask = KeyLayout(q_window, index, q_window, index).mask()[0]
     assert not mask[0].any()  # before the first image: nothing
     assert mask[2, 1] and mask[2, 2] and not mask[2, 3]  # causal within window 1
     assert not mask[3, 1] and not mask[4, 2]  # window 2 never sees window 1

@@ -5,7 +5,7 @@ import json
 import torch
 
 import casa_adapter
-from casa_adapter.layer import CasaLayer
+from casa_adapter.casa.layer import CasaLayer
 from conftest import randomize_new_params, tiny_llm, tiny_tower
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import casa_adapter
-from casa_adapter.checkpoint import MANIFEST, WEIGHTS, fingerprint
+from casa_adapter.adapters.manifest import MANIFEST, WEIGHTS
+from casa_adapter.adapters.fingerprint import fingerprint
 from conftest import randomize_new_params, tiny_llm, tiny_tower
 
 
@@ -53,7 +54,11 @@ def test_manifest_contents(tmp_path):
     model = trained(variant="shared")
     model.save_adapter(tmp_path / "a")
     manifest = json.loads((tmp_path / "a" / MANIFEST).read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
+    names = manifest["tensors"]["names"]
+    assert names == manifest["trainable"]["names"]  # a custom tower: only what trains is carried
+    assert any(".self_attn.q_proj.lora_A." in n for n in names)  # base-compatible keys, LoRA included
+    assert not [n for n in names if ".sa." in n or ".base_layer." in n or ".base." in n]
     assert manifest["base_model"]["fingerprint"] == fingerprint(tiny_llm())
     assert manifest["casa"]["layer_indices"] == model.layer_indices and manifest["casa"]["variant"] == "shared"
     assert manifest["lora"]["rank"] == 4

@@ -145,7 +145,7 @@ def test_manifest_example_matches_a_real_manifest(tmp_path):
 
 
 def test_family_doc_matches_the_code():
-    from casa_adapter import families
+    from casa_adapter.backbone import families
 
     text = (ROOT / "docs/adding-a-family.md").read_text()
     for model_type in families.FAMILIES:

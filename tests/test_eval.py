@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import casa_adapter
-from casa_adapter.base_models import load_base
+from casa_adapter.backbone.base_models import load_base
 from casa_adapter.data.make_demo import DemoSettings, make_demo
 from casa_adapter.eval import main
 from casa_adapter.eval.loading import read_recipe

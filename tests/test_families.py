@@ -5,8 +5,8 @@ import torch
 import transformers as tf
 
 import casa_adapter
-from casa_adapter.families import FAMILIES, family_spec
-from casa_adapter.windows import CasaInputs
+from casa_adapter.backbone.families import FAMILIES, family_spec
+from casa_adapter.casa.windows import CasaInputs
 from conftest import FAMILY_CONFIGS, TINY, tiny_llm, tiny_tower
 
 

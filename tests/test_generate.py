@@ -57,7 +57,7 @@ def test_generate_right_after_an_image():
 def test_cache_holds_only_the_current_window():
     model = casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), every=1)
     ids, images = prompt(model)
-    from casa_adapter.windows import CasaCache
+    from casa_adapter.casa.cache import CasaCache
 
     inputs = model.casa_inputs(ids, images=images)
     cache = CasaCache(config=model.config, pending=inputs)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import casa_adapter
-from casa_adapter.checkpoint import MANIFEST
-from casa_adapter.insertion import InsertionModel
+from casa_adapter.adapters.manifest import MANIFEST
+from casa_adapter.fusion.insertion import InsertionModel
 from conftest import randomize_new_params, tiny_llm, tiny_tower
 
 LORA = casa_adapter.LoraSettings(rank=4)

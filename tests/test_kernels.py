@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import casa_adapter
-import casa_adapter.attention as attention
-import casa_adapter.flash as flash
-import casa_adapter.windowed as windowed
-from casa_adapter.attention import KERNELS, reference_casa_attention
+import casa_adapter.casa.kernels as kernels
+import casa_adapter.casa.kernels.flash as flash
+import casa_adapter.casa.kernels.plan as plan
+import casa_adapter.casa.kernels.windowed as windowed
 from casa_adapter.bench.kernel import make_layout
+from casa_adapter.casa.kernels import KERNELS, KeyLayout, reference_casa_attention
 from conftest import randomize_new_params, tiny_llm, tiny_tower
 
 
@@ -35,7 +36,7 @@ def random_rows(B: int, seed: int, text_keys: bool = True, decode: bool = False)
 
 
 def _pad(rows, text_keys: bool):
-    """Rows of (queries, image keys) as (window, index) lists -> padded (B, Tq) and (B, K) long tensors."""
+    """Rows of (queries, image keys) as (window, index) lists -> a KeyLayout of padded (B, Tq) and (B, K) tensors."""
     Tq = max(len(q) for q, _ in rows)
     I = max(len(i) for _, i in rows)
     qw, qi = torch.zeros(len(rows), Tq, dtype=torch.long), torch.zeros(len(rows), Tq, dtype=torch.long)
@@ -47,16 +48,16 @@ def _pad(rows, text_keys: bool):
             kw[b, I - len(images) + j], ki[b, I - len(images) + j] = w, i  # left-padded, like a cache
     if text_keys:
         kw, ki = torch.cat([kw, qw], 1), torch.cat([ki, qi], 1)
-    return qw, qi, kw, ki
+    return KeyLayout(qw, qi, kw, ki)
 
 
 def run(kernel, layout, H=4, Hkv=2, hd=8, dtype=torch.float32, seed=0):
     """Output and (q, k, v) gradients of one kernel on random tensors for `layout`."""
     torch.manual_seed(seed)
-    (B, Tq), K = layout[0].shape, layout[2].shape[1]
+    (B, Tq), K = layout.q_window.shape, layout.k_window.shape[1]
     q = torch.randn(B, H, Tq, hd, dtype=dtype, requires_grad=True)
     k, v = (torch.randn(B, Hkv, K, hd, dtype=dtype, requires_grad=True) for _ in range(2))
-    out = kernel(q, k, v, *layout, 0.3)
+    out = kernel(q, k, v, layout, 0.3)
     loss = (out * torch.randn(out.shape, dtype=dtype)).sum()
     grads = torch.autograd.grad(loss, (q, k, v), allow_unused=True, materialize_grads=True)
     return out, grads
@@ -77,7 +78,7 @@ def assert_matches_reference(kernel, layout, atol=1e-5, **kw):
 def test_forward_and_backward_match_reference(name, text_keys, seed):
     layout = random_rows(B=4, seed=seed, text_keys=text_keys)
     out, (gq, _, _) = assert_matches_reference(KERNELS[name], layout)
-    no_key = attention.casa_mask(*layout).any(-1).logical_not()  # (B, Tq)
+    no_key = layout.mask().any(-1).logical_not()  # (B, Tq)
     assert no_key.any()  # every layout has queries without any key (window 0, padding, no image keys)
     assert torch.equal(out.transpose(1, 2)[no_key], torch.zeros_like(out.transpose(1, 2)[no_key]))
     assert torch.equal(gq.transpose(1, 2)[no_key], torch.zeros_like(gq.transpose(1, 2)[no_key]))
@@ -92,15 +93,15 @@ def test_decode_step_matches_reference(name, seed):
 
 @pytest.mark.parametrize("chunk, slack", [(1, 1.0), (3, 1.0), (5, 1.25), (10_000, 100.0)])
 def test_chunking_and_bucketing_do_not_change_results(monkeypatch, chunk, slack):
-    monkeypatch.setattr(windowed, "CHUNK", chunk)
-    monkeypatch.setattr(windowed, "SLACK", slack)
+    monkeypatch.setattr(plan, "CHUNK", chunk)
+    monkeypatch.setattr(plan, "SLACK", slack)
     for seed in range(3):
         assert_matches_reference(windowed.windowed_casa_attention, random_rows(B=3, seed=seed))
 
 
 def test_windows_of_very_different_lengths_and_heads_without_gqa():
     layout = make_layout(rows=2, windows=3, image=5, text=150, seed=1)  # text 75..225 a window: several chunks
-    layout[0][0, :1] = 0  # one query outside any window
+    layout.q_window[0, :1] = 0  # one query outside any window
     assert_matches_reference(windowed.windowed_casa_attention, layout, H=3, Hkv=3)
     one = random_rows(B=1, seed=0)
     assert_matches_reference(windowed.windowed_casa_attention, one, H=2, Hkv=1)
@@ -108,12 +109,13 @@ def test_windows_of_very_different_lengths_and_heads_without_gqa():
 
 def test_empty_layouts_give_zeros():
     B, Tq, K = 2, 5, 6
-    nothing = (torch.zeros(B, Tq, dtype=torch.long), torch.arange(Tq).expand(B, Tq),
-               torch.zeros(B, K, dtype=torch.long), torch.arange(K).expand(B, K))
-    images_only = (nothing[0], nothing[1], torch.ones(B, K, dtype=torch.long), nothing[3])  # keys, no queries
+    nothing = KeyLayout(torch.zeros(B, Tq, dtype=torch.long), torch.arange(Tq).expand(B, Tq),
+                        torch.zeros(B, K, dtype=torch.long), torch.arange(K).expand(B, K))
+    images_only = KeyLayout(nothing.q_window, nothing.q_index, torch.ones(B, K, dtype=torch.long),
+                            nothing.k_index)  # keys, no queries
     q, k = torch.randn(B, 4, Tq, 8), torch.randn(B, 2, K, 8)
     for layout in (nothing, images_only):
-        out = windowed.windowed_casa_attention(q, k, k, *layout, 0.3)
+        out = windowed.windowed_casa_attention(q, k, k, layout, 0.3)
         assert torch.equal(out, torch.zeros_like(q))
 
 
@@ -126,16 +128,30 @@ def test_bf16_close_to_fp32_reference(name):
     assert torch.allclose(got.float(), want, atol=3e-2), (got.float() - want).abs().max()
 
 
+def test_plan_is_made_once_per_layout_and_shared_by_its_calls(monkeypatch):
+    """The CASA layers of one forward share their KeyLayout, so the windowed plan is made once, not per layer."""
+    made = []
+    monkeypatch.setattr(windowed, "plan_windows", lambda layout: made.append(layout) or plan.plan_windows(layout))
+    layout = random_rows(B=3, seed=1)
+    q, k = torch.randn(3, 4, layout.q_window.shape[1], 8), torch.randn(3, 2, layout.k_window.shape[1], 8)
+    first = windowed.windowed_casa_attention(q, k, k, layout, 0.3)
+    again = windowed.windowed_casa_attention(q, k, k, layout, 0.3)
+    assert len(made) == 1 and torch.equal(first, again)
+    windowed.windowed_casa_attention(q, k, k, KeyLayout(layout.q_window, layout.q_index, layout.k_window,
+                                                       layout.k_index), 0.3)
+    assert len(made) == 2  # another layout object: planned afresh, no state outside it
+
+
 def test_plan_never_builds_the_dense_mask_and_bounds_padding():
     layout = make_layout(rows=2, windows=16, image=64, text=32)
-    (B, Tq), K = layout[0].shape, layout[2].shape[1]
-    plan = windowed.plan_windows(*layout)
-    mask_elements = sum(m.numel() for m in plan.masks if m is not None)
+    (B, Tq), K = layout.q_window.shape, layout.k_window.shape[1]
+    made = plan.plan_windows(layout)
+    mask_elements = sum(m.numel() for m in made.masks if m is not None)
     assert mask_elements < B * Tq * K / 8
-    chunks = windowed.chunk_windows(*layout, windowed.CHUNK)
+    chunks = plan.chunk_windows(layout, plan.CHUNK)
     blocks = int((chunks.lq * chunks.lk).sum())  # each chunk's own block: allowed pairs + its causal corner
-    assert blocks <= 1.25 * int(attention.casa_mask(*layout).sum())
-    assert sum(n * lq * lk for n, lq, lk in plan.shapes) <= windowed.SLACK * blocks  # bucket padding
+    assert blocks <= 1.25 * int(layout.mask().sum())
+    assert sum(n * lq * lk for n, lq, lk in made.shapes) <= plan.SLACK * blocks  # bucket padding
 
 
 def fake_flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, causal):
@@ -160,30 +176,30 @@ def test_flash_varlen_layout_matches_reference(monkeypatch, text_keys, decode, c
     monkeypatch.setattr(flash, "_varlen", lambda: fake_flash_varlen)
     for seed in range(4):
         layout = random_rows(B=4, seed=seed, text_keys=text_keys, decode=decode)
-        assert flash.varlen_layout(*layout)[-1] is causal
+        assert flash.varlen_layout(layout)[-1] is causal
         assert_matches_reference(flash.flash_casa_attention, layout)
 
 
 def test_flash_falls_back_to_windowed_on_other_layouts(monkeypatch):
     monkeypatch.setattr(flash, "_varlen", lambda: pytest.fail("the varlen kernel cannot express this layout"))
-    qw, qi, kw, ki = random_rows(B=3, seed=2)
-    ki = ki.flip(-1)  # key indices no longer line up with the queries
-    assert flash.varlen_layout(qw, qi, kw, ki) is None
-    assert_matches_reference(flash.flash_casa_attention, (qw, qi, kw, ki))
+    rows = random_rows(B=3, seed=2)
+    layout = KeyLayout(rows.q_window, rows.q_index, rows.k_window, rows.k_index.flip(-1))  # indices no longer line up
+    assert flash.varlen_layout(layout) is None
+    assert_matches_reference(flash.flash_casa_attention, layout)
 
 
 def test_auto_dispatch(monkeypatch):
     calls = []
     for name in ("flash_casa_attention", "sdpa_casa_attention", "windowed_casa_attention"):
-        monkeypatch.setattr(attention, name, lambda *a, name=name: calls.append(name))
+        monkeypatch.setattr(kernels, name, lambda *a, name=name: calls.append(name))
     layout = random_rows(B=2, seed=0)
-    q = torch.zeros(2, 4, layout[0].shape[1], 8)
-    args = (q, q, q, *layout, 1.0)
+    q = torch.zeros(2, 4, layout.q_window.shape[1], 8)
     assert not flash.use_flash(q)  # CPU tensors never take the flash path
-    attention.auto_casa_attention(*args)
-    attention.auto_casa_attention(q[:, :, :1], *args[1:3], *(x[:, :1] for x in layout[:2]), *layout[2:], 1.0)
-    monkeypatch.setattr(attention, "use_flash", lambda q: True)
-    attention.auto_casa_attention(*args)
+    kernels.auto_casa_attention(q, q, q, layout, 1.0)
+    one = KeyLayout(layout.q_window[:, :1], layout.q_index[:, :1], layout.k_window, layout.k_index)
+    kernels.auto_casa_attention(q[:, :, :1], q, q, one, 1.0)
+    monkeypatch.setattr(kernels, "use_flash", lambda q: True)
+    kernels.auto_casa_attention(q, q, q, layout, 1.0)
     assert calls == ["windowed_casa_attention", "sdpa_casa_attention", "flash_casa_attention"]
 
 
@@ -229,3 +245,16 @@ def test_generate_with_auto_equals_full_forward():
         logits = model(ids, images=images).logits[:, -1]  # (B, V)
         ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, ids)
+
+
+def test_one_plan_per_forward_for_all_casa_layers(monkeypatch):
+    """Three CASA layers, one forward: the windowed plan is made once (the layers share the call's KeyLayout)."""
+    model = casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), every=1, kernel="windowed")
+    assert len(model.layer_indices) == 3
+    made = []
+    monkeypatch.setattr(windowed, "plan_windows", lambda layout: made.append(layout) or plan.plan_windows(layout))
+    ids, mask, images = batch(model)
+    model(ids, attention_mask=mask, images=images)
+    assert len(made) == 1
+    model(ids, attention_mask=mask, images=images)
+    assert len(made) == 2  # a new call, a new layout: nothing is carried over between forwards

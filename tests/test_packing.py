@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import casa_adapter
-from casa_adapter.windowed import packed_llm_kwargs
+from casa_adapter.backbone.compat import packed_llm_kwargs
 from conftest import randomize_new_params, tiny_llm, tiny_tower
 
 

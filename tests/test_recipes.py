@@ -38,7 +38,7 @@ def test_recipes_doc_names_every_settings_field():
 
     from casa_adapter.config import CasaSettings, LoraSettings, ModelSettings, VisionSettings
     from casa_adapter.data.settings import DataSettings
-    from casa_adapter.optim import OptimSettings
+    from casa_adapter.training.optim import OptimSettings
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
     for cls in (ModelSettings, CasaSettings, VisionSettings, OptimSettings, DataSettings):

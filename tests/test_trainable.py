@@ -5,7 +5,7 @@ import torch
 
 import casa_adapter
 from conftest import tiny_llm, tiny_tower
-from casa_adapter.layer import CasaLayer
+from casa_adapter.casa.layer import CasaLayer
 
 
 def expected_casa_count(model) -> int:

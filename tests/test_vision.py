@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from casa_adapter.config import VisionSettings
-from casa_adapter.vision import PatchPool, VisionEncoder, build_vision
+from casa_adapter.vision.encoder import PatchPool, VisionEncoder, build_vision
 
 H = 48  # LLM hidden size used throughout
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import casa_adapter
-from casa_adapter.layer import CasaAttention
+from casa_adapter.casa.parallel import CasaAttention
 from conftest import randomize_new_params, tiny_llm, tiny_tower
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from casa_adapter.base_models import TINY_VOCAB_SIZE, smollm2_gguf, tiny_chat_tokenizer
+from casa_adapter.backbone.base_models import TINY_VOCAB_SIZE, smollm2_gguf, tiny_chat_tokenizer
 
 __all__ = ["TINY_VOCAB_SIZE", "tiny_chat_tokenizer", "smollm2_tokenizer"]
 

@@ -15,6 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from casa_adapter.backbone.base_models import load_base
+from casa_adapter.config import CasaSettings, LoraSettings
+from casa_adapter.fusion.build import wrap
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FUSIONS = ("casa", "insertion")
 
@@ -63,9 +67,7 @@ def set_threads(threads: int) -> None:
 
 
 def load_llm(name: str, dtype: str, device: str) -> nn.Module:
-    """The frozen base LLM named `name` (see `casa_adapter.base_models.load_base`), on `device`."""
-    from casa_adapter.base_models import load_base
-
+    """The frozen base LLM named `name` (see `casa_adapter.backbone.base_models.load_base`), on `device`."""
     llm, _ = load_base(name, DTYPES[dtype])
     return llm.to(device=device, dtype=DTYPES[dtype]).eval()
 
@@ -74,17 +76,13 @@ def build(base: nn.Module, fusion: str, tokens: int, s, copy_base: bool = True):
     """`wrap()` a copy of `base` (so both fusions share the same weights) with a `BenchTower` of `tokens`
     tokens, as the settings `s` say: `every`, `layers` ("" or comma-separated block indices), `kernel`
     ("": wrap()'s default), `lora` (rank, 0: none), `freeze_marker` (CASA: `train_marker=False`), `seed`."""
-    import casa_adapter
-
     llm = copy.deepcopy(base) if copy_base else base
     torch.manual_seed(s.seed)
-    kw = {"kernel": s.kernel} if s.kernel else {}
-    if fusion == "casa":
-        kw["train_marker"] = not getattr(s, "freeze_marker", False)
     layers = [int(i) for i in s.layers.split(",")] if s.layers else None
-    lora = casa_adapter.LoraSettings(rank=s.lora) if getattr(s, "lora", 0) else None
-    model = casa_adapter.wrap(llm, vision=BenchTower(tokens), every=s.every, layers=layers, fusion=fusion,
-                              lora=lora, **kw)
+    casa = CasaSettings(every=s.every, layers=layers, fusion=fusion, train_marker=not getattr(s, "freeze_marker", False),
+                        **({"kernel": s.kernel} if s.kernel else {}))
+    lora = LoraSettings(rank=s.lora) if getattr(s, "lora", 0) else None
+    model = wrap(llm, vision=BenchTower(tokens), casa=casa, lora=lora)
     ref = next(llm.parameters())
     return model.to(device=ref.device).eval()
 

@@ -4,9 +4,9 @@ For each case (rows of packed windows: image tokens + text tokens per window) it
 and forward+backward, in `--repeats` rounds that run every kernel once in turn (the table shows
 medians, the JSON also minima):
 
-- `windowed`: `casa_adapter.windowed.windowed_casa_attention`, its planning included in every call;
-- `reference`: the dense-mask softmax (`attention.reference_casa_attention`), (B, H, Tq, K) scores;
-- `dense-sdpa`: the same dense mask through one SDPA call (`attention.sdpa_casa_attention`);
+- `windowed`: `casa_adapter.casa.kernels.windowed`, its planning included in every call (a fresh `KeyLayout`);
+- `reference`: the dense-mask softmax (`kernels.dense.reference_casa_attention`), (B, H, Tq, K) scores;
+- `dense-sdpa`: the same dense mask through one SDPA call (`kernels.dense.sdpa_casa_attention`);
 - `causal-equal`: one plain causal SDPA over T tokens with T(T+1)/2 = the number of allowed
   query/key pairs of the case: the same useful FLOPs with no CASA structure at all.
 
@@ -15,6 +15,7 @@ medians, the JSON also minima):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -25,8 +26,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from casa_adapter.attention import KERNELS, casa_mask
-from casa_adapter.windowed import clear_plan_cache, plan_windows
+from casa_adapter.casa.kernels import KERNELS
+from casa_adapter.casa.kernels.layout import KeyLayout
+from casa_adapter.casa.kernels.plan import plan_windows
 
 CASES = {
     "16w": dict(rows=1, windows=16, image=256, text=64),
@@ -38,10 +40,10 @@ CASES = {
 KERNEL_NAMES = ("windowed", "reference", "dense-sdpa", "causal-equal")
 
 
-def make_layout(rows: int, windows: int, image: int, text: int, decode: bool = False, seed: int = 0):
+def make_layout(rows: int, windows: int, image: int, text: int, decode: bool = False, seed: int = 0) -> KeyLayout:
     """Packed rows of `windows` windows each; text lengths vary uniformly in [text/2, 3 text/2].
 
-    Returns q_window, q_index (B, Tq), k_window, k_index (B, K) long: keys are each row's image tokens
+    Returns the `KeyLayout` of queries (B, Tq) and keys (B, K): keys are each row's image tokens
     (at their window's start index), then the row's text; rows are right-padded (window 0). `decode`
     keeps only each row's last token as the query (a generate step over the cached window).
     """
@@ -59,7 +61,7 @@ def make_layout(rows: int, windows: int, image: int, text: int, decode: bool = F
     if decode:
         last = lengths.sum(-1, keepdim=True) - 1  # (B, 1)
         q_window, q_index = q_window.gather(1, last), last
-    return q_window, q_index, k_window, k_index
+    return KeyLayout(q_window, q_index, k_window, k_index)
 
 
 def _time_round_robin(runners: dict, repeats: int, sync, clock) -> dict:
@@ -83,7 +85,7 @@ def _runner(name: str, q, k, v, layout, pairs: int, backward: bool):
         call = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
         kernel = KERNELS[{"windowed": "windowed", "reference": "reference", "dense-sdpa": "sdpa"}[name]]
-        call = lambda: (clear_plan_cache(), kernel(q, k, v, *layout, q.shape[-1] ** -0.5))[1]  # planning included
+        call = lambda: kernel(q, k, v, dataclasses.replace(layout), q.shape[-1] ** -0.5)  # a fresh layout: planning included
     if not backward:
         return call
     grad = torch.randn(call().shape, device=q.device, dtype=q.dtype)
@@ -101,10 +103,11 @@ def _inputs(B: int, Tq: int, K: int, args, backward: bool):
 
 def run_case(name: str, spec: dict, args) -> dict:
     """Time every kernel on one case: a JSON-able dict with the layout, the windowed plan and milliseconds."""
-    layout = [t.to(args.device) for t in make_layout(**spec)]
-    (B, Tq), K = layout[0].shape, layout[2].shape[1]
-    pairs = int(casa_mask(*layout).sum())
-    plan = plan_windows(*layout)
+    cpu = make_layout(**spec)
+    layout = KeyLayout(*(t.to(args.device) for t in (cpu.q_window, cpu.q_index, cpu.k_window, cpu.k_index)))
+    (B, Tq), K = layout.q_window.shape, layout.k_window.shape[1]
+    pairs = int(layout.mask().sum())
+    plan = plan_windows(layout)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     result = dict(case=name, **spec, Tq=Tq, K=K, allowed_pairs=pairs, blocks=plan.shapes,
                   block_pairs=sum(n * lq * lk for n, lq, lk in plan.shapes), ms={})
@@ -117,8 +120,8 @@ def run_case(name: str, spec: dict, args) -> dict:
         result["ms"][mode] = {kn: med for kn, (med, _) in timed.items()}
         result.setdefault("min_ms", {})[mode] = {kn: low for kn, (_, low) in timed.items()}
     with torch.no_grad():
-        got = KERNELS["windowed"](q, k, v, *layout, args.head_dim ** -0.5)
-        want = KERNELS["reference"](q.float(), k.float(), v.float(), *layout, args.head_dim ** -0.5)
+        got = KERNELS["windowed"](q, k, v, layout, args.head_dim ** -0.5)
+        want = KERNELS["reference"](q.float(), k.float(), v.float(), layout, args.head_dim ** -0.5)
     result["max_abs_diff"] = float((got.float() - want).abs().max())
     return result
 

@@ -91,7 +91,7 @@ def run_turns(models: dict, frames: torch.Tensor, text: torch.Tensor, s: StreamB
                 out[fusion][key].append(value)
     for fusion, session in sessions.items():
         out[fusion]["kv_positions"] = session.index
-        out[fusion]["kernel"] = models[fusion].kernel
+        out[fusion]["kernel"] = models[fusion].settings.kernel
         out[fusion]["casa_layers"] = models[fusion].layer_indices
     return out
 

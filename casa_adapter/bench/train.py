@@ -170,7 +170,7 @@ def child(config: dict) -> dict:
     return {"load_average_1m_at_start": config["load"], "s_per_step": seconds, "tokens_per_s": tokens / seconds,
             "tokens_per_step": tokens,
             "peak_bytes": meter.peak_bytes(), "memory_method": meter.method, "loss": losses[-1] if losses else None,
-            "trainable": sum(q.numel() for q in model.parameters() if q.requires_grad), "kernel": model.kernel,
+            "trainable": sum(q.numel() for q in model.parameters() if q.requires_grad), "kernel": model.settings.kernel,
             "casa_layers": model.layer_indices}
 
 

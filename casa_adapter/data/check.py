@@ -19,7 +19,7 @@ from PIL import Image
 from casa_adapter.data.chat import SampleError
 from casa_adapter.data.counters import REASONS, BadEvent, BadSampleCounter
 from casa_adapter.data.decode import DecodeSettings, encode, validate
-from casa_adapter.data.progress import progress_bar
+from casa_adapter.progress import progress_bar
 from casa_adapter.data.shards import ShardReader, index_shard
 from casa_adapter.data.sources import expand_shards
 

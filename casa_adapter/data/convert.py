@@ -18,7 +18,7 @@ from collections import Counter
 from PIL import Image
 
 from casa_adapter.data.chat import IMAGE, IMAGE_EXTS, dumps
-from casa_adapter.data.progress import progress_bar
+from casa_adapter.progress import progress_bar
 from casa_adapter.data.writer import ShardSink, safe_key
 
 log = logging.getLogger("casa_adapter.data")

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from casa_adapter.data.chat import dumps
 from casa_adapter.data.demo_render import png_bytes
 from casa_adapter.data.demo_tasks import TASKS
-from casa_adapter.data.progress import progress_bar
+from casa_adapter.progress import progress_bar
 from casa_adapter.data.writer import ShardSink
 
 FORMAT = "casa-demo/1"

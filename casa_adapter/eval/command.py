@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from casa_adapter.checkpoint import AdapterError
+from casa_adapter.adapters.manifest import AdapterError
 from casa_adapter.data.sources import expand_shards
 from casa_adapter.eval.loading import Recipe, load_model, read_recipe, resolve_model
 from casa_adapter.eval.report import print_results

@@ -5,7 +5,7 @@
   wrong directory or an adapter whose tower cannot be rebuilt fails before the base is loaded.
 - `--recipe RECIPE.yaml`: the recipe's `model.init_args.model` block as `ModelSettings` (a recipe, or the
   `config.yaml` a training run saves), built by
-  `casa_adapter.module.build_wrapped` (untrained, a zero-shot baseline, unless the recipe names an
+  `casa_adapter.fusion.build.build_from_settings` (untrained, a zero-shot baseline, unless the recipe names an
   adapter). `--adapter` / `--base` given with it replace the recipe's. The recipe also supplies
   defaults: its `system_prompt`, its validation shards, its video frame sampling.
 """
@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from casa_adapter.checkpoint import AdapterError, read_manifest
+from casa_adapter.adapters.manifest import AdapterError, read_manifest
 from casa_adapter.config import CasaSettings, LoraSettings, ModelSettings, VisionSettings
+from casa_adapter.fusion.build import build_from_settings
 
 
 @dataclass
@@ -115,8 +116,6 @@ def resolve_model(adapter: str | None, base: str | None, recipe: Recipe | None) 
 
 
 def load_model(settings: ModelSettings):
-    """(model in eval mode, tokenizer) for `settings` (`casa_adapter.module.build_wrapped`)."""
-    from casa_adapter.module import build_wrapped  # imports Lightning: only when a model is built
-
-    model, tokenizer = build_wrapped(settings)
+    """(model in eval mode, tokenizer) for `settings` (`casa_adapter.fusion.build.build_from_settings`)."""
+    model, tokenizer = build_from_settings(settings)
     return model.eval(), tokenizer

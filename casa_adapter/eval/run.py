@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from casa_adapter.atomic import atomic_file
 
 from casa_adapter.data.counters import BadSampleCounter
 from casa_adapter.data.decode import DecodeSettings
@@ -25,6 +25,7 @@ from casa_adapter.data.sources import Source
 from casa_adapter.eval.report import Scoreboard, sample_counts
 from casa_adapter.eval.samples import EvalSample, read_samples
 from casa_adapter.eval.settings import EvalSettings
+from casa_adapter.progress import progress_bar
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -64,29 +65,13 @@ def batches(samples: Iterable[EvalSample], size: int) -> Iterator[list[EvalSampl
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """Yields `advance(n)`; draws a rich bar over the samples on stderr (stdout keeps the table)."""
-    columns = (TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as progress:
-        task = progress.add_task("eval", total=total)
-        yield lambda n: progress.advance(task, n)
-
-
-@contextlib.contextmanager
 def jsonl_writer(path: str | None) -> Iterator[Callable[[dict], None]]:
-    """Yields `write(record)`; lines go to a temporary file renamed to `path` at the end (None: nowhere)."""
+    """Yields `write(record)`; lines go to `path` atomically, at the end (None: nowhere)."""
     if path is None:
         yield lambda record: None
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            yield lambda record: f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        yield lambda record: f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def index_sources(specs: list[str]) -> list[SourceIndex]:
@@ -107,7 +92,7 @@ def evaluate(model: Any, processor: Any, settings: EvalSettings) -> dict:
     counter, board = BadSampleCounter(), Scoreboard(settings.metrics)
     model.eval()
     with jsonl_writer(settings.out) as write, \
-            progress_bar(total if settings.limit is None else min(total, settings.limit), settings.show_progress) as advance:
+            progress_bar("eval", total if settings.limit is None else min(total, settings.limit), settings.show_progress) as advance:
         samples = read_samples(indexes, processor, decode, counter, on_bad=lambda: advance(1))
         for chunk in batches(itertools.islice(samples, settings.limit), settings.batch_size):
             predictions = generate_answers(model, processor, [s.inputs for s in chunk], settings.max_new_tokens, stop_ids)

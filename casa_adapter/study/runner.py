@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from casa_adapter.atomic import atomic_file
 from casa_adapter.study.arms import ARMS, Arm, select
 
 
@@ -138,7 +139,8 @@ def run_arm(arm: Arm, base_recipe: dict, settings: StudySettings, index: int, to
                **read_curves(arm_dir / "logs" / "metrics.csv"),
                "eval": {"overall": results["overall"]["exact_match"], "count": results["overall"]["count"],
                         "qtypes": {q: row["exact_match"] for q, row in results["qtypes"].items()}}}
-    (arm_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_file(arm_dir / "summary.json", "w") as f:
+        f.write(json.dumps(summary, indent=2) + "\n")
     print(f"[study {index}/{total}] {arm.name}: accuracy {summary['eval']['overall']:.1%}, "
           f"{seconds / 60:.1f} min, peak RSS {peak:,.0f} MiB", flush=True)
     return summary

@@ -2,7 +2,8 @@
 
 The marker id is one past the end of the LLM's embedding table, so it never collides with a
 real token. `MarkerEmbedding` wraps the frozen embedding (its weight stays the same Parameter,
-so tied LM heads stay tied) and looks the marker up in its own trainable (1, D) table.
+so tied LM heads stay tied) and looks the marker up in its own trainable (1, D) table. Its state
+dict keeps the base's key (`embed_tokens.weight`) beside the new `embed_tokens.marker`.
 
 Example:
     >>> import torch
@@ -19,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from casa_adapter.backbone.state_keys import keep_base_keys
+
 
 class MarkerEmbedding(nn.Module):
     """Frozen token embedding (`.base`) plus a learned embedding for the image marker."""
@@ -30,6 +33,7 @@ class MarkerEmbedding(nn.Module):
         with torch.no_grad():
             init = base.weight.float().mean(0, keepdim=True).to(base.weight.dtype)  # (1, D)
         self.marker = nn.Parameter(init)
+        keep_base_keys(self, "base")
 
     @property
     def weight(self) -> torch.Tensor:
@@ -51,3 +55,6 @@ class MarkerEmbedding(nn.Module):
         if not bool(is_marker.any()):
             return out
         return torch.where(is_marker.unsqueeze(-1), self.marker.to(out.dtype), out)
+
+
+__all__ = ["MarkerEmbedding"]

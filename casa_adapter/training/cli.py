@@ -15,16 +15,15 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from casa_adapter.callbacks import AdapterCheckpoint, AtomicCheckpointIO, ThroughputMonitor
-from casa_adapter.module import CasaModule
+from casa_adapter.data.datamodule import CasaDataModule, DataCountsLogger
+from casa_adapter.training.callbacks import AdapterCheckpoint, AtomicCheckpointIO, ThroughputMonitor
+from casa_adapter.training.module import CasaModule
 
 
 class CasaCLI(LightningCLI):
     """LightningCLI over CasaModule and CasaDataModule (subclass mode: recipes give class_path)."""
 
     def __init__(self, args: list[str] | None = None) -> None:
-        from casa_adapter.data.datamodule import CasaDataModule
-
         super().__init__(CasaModule, CasaDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          save_config_kwargs={"overwrite": True}, args=args, auto_configure_optimizers=False)
 
@@ -33,8 +32,6 @@ class CasaCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         """Add the always-on callbacks (the `adapter:` one comes from add_lightning_class_args) and atomic IO."""
-        from casa_adapter.data.datamodule import DataCountsLogger
-
         callbacks = [*callbacks, ThroughputMonitor(), DataCountsLogger()]
         listed = [*callbacks, *(config.get("callbacks") or [])]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in listed):

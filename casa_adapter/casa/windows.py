@@ -1,10 +1,10 @@
-"""Windows: what a forward call tells the CASA layers, and what they keep between calls.
+"""Windows: what a forward call tells the CASA layers.
 
 `CasaInputs` is the one channel by which images reach the CASA layers: the model builds it
 from `input_ids` (image markers) and the projected image tokens, and passes it down the HF
-forward as the keyword argument `casa_inputs`. During `generate` and streaming the layers keep
-per-layer `LayerCache`s inside a `CasaCache` (a transformers `DynamicCache`, so it also travels
-to every attention call): only the current window's keys, never closed windows.
+forward as the keyword argument `casa_inputs`. It also hands the layers their `KeyLayout`, made
+once per call (and per key structure), so the kernels' plans are shared by all CASA layers of a
+forward. What the layers keep between calls is in `casa_adapter.casa.cache`.
 
 Window rule (see docs/architecture.md): a run of consecutive image markers opens a window that
 holds those images; the run's first marker is the window start. Text before the first marker of
@@ -13,10 +13,11 @@ a sample is in window 0 (no CASA contribution). Window ids are unique within a r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+
+from casa_adapter.casa.kernels.layout import KeyLayout
 
 
 @dataclass
@@ -33,6 +34,7 @@ class CasaInputs:
     """(B, I) long: window id of each image token; 0 = padding."""
     image_start: torch.Tensor | None = None
     """(B, I) long: position in this call (0..T-1) of the token that opened the image's window."""
+    _layouts: dict = field(default_factory=dict, repr=False)
 
     @property
     def has_images(self) -> bool:
@@ -43,6 +45,23 @@ class CasaInputs:
         rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)
         return CasaInputs(rep(self.text_windows), rep(self.text_index), rep(self.image_tokens),
                           rep(self.image_windows), rep(self.image_start))
+
+    def key_layout(self, cached: tuple[torch.Tensor, torch.Tensor] | None, text_keys: bool) -> KeyLayout:
+        """The `KeyLayout` of keys [cached ; this call's images ; this call's text if `text_keys`] for this
+        call's text queries. cached: (windows, index), each (B, Kc), of a layer's window cache, or None.
+
+        Made once per call and key structure, then shared: every CASA layer of a model keeps the same
+        window cache (same tokens, same rule), so the cached key count identifies the cached layout."""
+        key = (None if cached is None else cached[0].shape[1], text_keys)
+        if key not in self._layouts:
+            parts = [cached] if cached is not None else []
+            if self.has_images:
+                parts.append((self.image_windows, self.text_index.gather(1, self.image_start)))  # (B, I) x2
+            if text_keys:
+                parts.append((self.text_windows, self.text_index))
+            self._layouts[key] = KeyLayout(self.text_windows, self.text_index, torch.cat([w for w, _ in parts], 1),
+                                           torch.cat([i for _, i in parts], 1))  # keys (B, K)
+        return self._layouts[key]
 
 
 def marker_windows(input_ids: torch.Tensor, image_token_id: int, attention_mask: torch.Tensor | None = None,
@@ -118,60 +137,4 @@ def _pad_images(rows, lengths, windows, start_pos, inputs: CasaInputs) -> CasaIn
     return inputs
 
 
-@dataclass
-class LayerCache:
-    """What one CASA layer keeps between calls: the current window's keys (images + text so far)."""
-
-    keys: torch.Tensor | None = None
-    """(B, Hkv, K, hd) post-RoPE keys of the current window, left-padded."""
-    values: torch.Tensor | None = None
-    windows: torch.Tensor | None = None
-    """(B, K) long window id of each kept key; 0 = padding."""
-    index: torch.Tensor | None = None
-    """(B, K) long sequence index of each kept key."""
-    last_window: torch.Tensor | None = None
-    """(B,) long: the window new text tokens belong to when no CasaInputs is given."""
-    next_index: torch.Tensor | None = None
-    """(B,) long: sequence index of the next token."""
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.keys, self.values) if t is not None)
-
-    def continuation(self, T: int) -> CasaInputs:
-        """Inputs for T new text tokens that continue the current window (a generate decode step)."""
-        steps = torch.arange(T, device=self.next_index.device)
-        index = self.next_index.unsqueeze(-1) + steps  # (B, T)
-        return CasaInputs(self.last_window.unsqueeze(-1).expand_as(index).clone(), index)
-
-    def reorder(self, order: torch.Tensor) -> None:
-        for name in ("keys", "values", "windows", "index", "last_window", "next_index"):
-            t = getattr(self, name)
-            if t is not None:
-                setattr(self, name, t.index_select(0, order.to(t.device)))
-
-
-class CasaCache(DynamicCache):
-    """A transformers DynamicCache that also carries the CASA layers' window caches.
-
-    `pending` holds the CasaInputs of the prompt for `generate`: each CASA layer uses it on its first
-    call (prefill), then continues the current window on later calls (decode steps).
-    """
-
-    def __init__(self, *args, pending: CasaInputs | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pending = pending
-        self.casa_layers: dict[int, LayerCache] = {}
-
-    def layer(self, idx: int) -> LayerCache:
-        return self.casa_layers.setdefault(idx, LayerCache())
-
-    def casa_nbytes(self) -> int:
-        return sum(c.nbytes() for c in self.casa_layers.values())
-
-    def reorder_cache(self, beam_idx: torch.Tensor):
-        super().reorder_cache(beam_idx)
-        for c in self.casa_layers.values():
-            c.reorder(beam_idx)
-
-
-__all__ = ["CasaInputs", "LayerCache", "CasaCache", "build_inputs", "marker_windows"]
+__all__ = ["CasaInputs", "build_inputs", "marker_windows"]

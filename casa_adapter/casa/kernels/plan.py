@@ -1,9 +1,9 @@
-"""Windowed CASA attention, and the keyword arguments that keep packed samples apart in the LLM.
+"""The windowed kernel's plan: query chunks per (row, window) laid out as padded block buckets.
 
-`windowed_casa_attention` computes exactly what `attention.reference_casa_attention` computes (the
-rule is in `casa_adapter.attention`) without ever forming the dense (Tq x K) mask of a row:
+`plan_windows` computes, from a `KeyLayout` alone (no q/k/v), where every slot of every padded block
+reads its query or key:
 
-1. `plan_windows` groups queries and keys by (row, window). A window's queries are cut into chunks
+1. `chunk_windows` groups queries and keys by (row, window). A window's queries are cut into chunks
    of at most `CHUNK` tokens; a chunk reads the window's keys sorted by sequence index, up to the
    last index of the chunk (so long text windows do not pay for a full square causal block).
    Windows without queries are dropped; queries without any key get exactly zero.
@@ -11,14 +11,9 @@ rule is in `casa_adapter.attention`) without ever forming the dense (Tq x K) mas
    real one; a bucket is one block batch (n, H, Lq, Lk) with a small mask from the index comparison
    (that is the bottom-right causal alignment: a query sees its window's image keys and the
    window's text up to itself). Padding carries index `_BIG`, so it needs no extra mask pass.
-3. Each bucket runs one `scaled_dot_product_attention` (GQA through `enable_gqa`); the outputs are
-   scattered back to their (row, token) places.
 
-Only row gathers, SDPA and `index_put` touch q/k/v: the kernel is differentiable and works in
-fp32/bf16/fp16 on CPU and CUDA. The bookkeeping reads chunk sizes on the host (one sync per call),
-as any varlen kernel does.
-
-`packed_llm_kwargs` is the packing side: see its docstring.
+The bookkeeping reads chunk sizes on the host (one sync per plan), as any varlen kernel does. A plan
+is made once per `KeyLayout` (`KeyLayout.derived`), so all CASA layers of a forward share it.
 """
 
 from __future__ import annotations
@@ -26,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from casa_adapter.casa.kernels.layout import KeyLayout
 
 SLACK = 1.1
 """A bucket may compute at most this many times the query/key pairs of its chunks' blocks."""
@@ -86,8 +82,9 @@ def _group(window: torch.Tensor, index: torch.Tensor, span: int):
     return pos, torch.div(pos, T, rounding_mode="floor") * span + flat[pos], index.reshape(-1)[pos]
 
 
-def chunk_windows(q_window, q_index, k_window, k_index, chunk: int) -> Chunks | None:
+def chunk_windows(layout: KeyLayout, chunk: int) -> Chunks | None:
     """Query chunks of every (row, window) and their key prefixes; None when no window has both queries and keys."""
+    q_window, q_index, k_window, k_index = layout.q_window, layout.q_index, layout.k_window, layout.k_index
     span = max([int(w.max()) for w in (q_window, k_window) if w.numel()], default=0) + 1
     (q_pos, q_gid, qi), (k_pos, k_gid, ki) = _group(q_window, q_index, span), _group(k_window, k_index, span)
     groups, q_group = torch.unique(q_gid, return_inverse=True)  # (W,), (Nq,)
@@ -140,17 +137,14 @@ def _slots(g: torch.Tensor, members, start, sizes, width: int, index: torch.Tens
     return slots, valid, torch.where(valid, index[slots], pad_index)
 
 
-def plan_windows(q_window, q_index, k_window, k_index, slack: float | None = None,
-                 chunk: int | None = None) -> WindowPlan | None:
-    """Lay the query chunks out as padded buckets. q_window, q_index (B, Tq); k_window, k_index (B, K) long.
-
-    `slack` and `chunk` default to `SLACK` and `CHUNK`. None when no query has a key. No gradient flows here.
-    """
+def plan_windows(layout: KeyLayout, slack: float | None = None, chunk: int | None = None) -> WindowPlan | None:
+    """Lay the query chunks of `layout` out as padded buckets; None when no query has a key.
+    `slack` and `chunk` default to the module's `SLACK` and `CHUNK` at call time. No gradient flows here."""
     slack, chunk = slack or SLACK, chunk or CHUNK
-    c = chunk_windows(q_window, q_index, k_window, k_index, chunk)
+    c = chunk_windows(layout, chunk)
     if c is None:
         return None
-    q_index, k_index = q_index.reshape(-1), k_index.reshape(-1)
+    q_index, k_index = layout.q_index.reshape(-1), layout.k_index.reshape(-1)
     lq_host, lk_host = c.lq.tolist(), c.lk.tolist()
     q_slots, k_slots, keeps, shapes, masks = [], [], [], [], []
     for gs in _bucket_groups(lq_host, lk_host, slack):
@@ -169,84 +163,4 @@ def plan_windows(q_window, q_index, k_window, k_index, slack: float | None = Non
     return WindowPlan(torch.cat(q_slots), torch.cat(k_slots), torch.cat(keeps), shapes, masks)
 
 
-_last_plan: list = []
-"""[(key, plan)] of the last call. The CASA layers of one forward share one layout, so they share its plan."""
-
-
-@torch.no_grad()
-def shared_plan(q_window, q_index, k_window, k_index) -> WindowPlan | None:
-    """`plan_windows` for this layout, reusing the last call's plan when the layout tensors are equal."""
-    layout = (q_window, q_index, k_window, k_index)
-    if _last_plan:
-        (settings, old), plan = _last_plan[0]
-        if settings == (SLACK, CHUNK) and all(
-                a.shape == b.shape and a.device == b.device and torch.equal(a, b) for a, b in zip(old, layout)):
-            return plan
-    plan = plan_windows(*layout)
-    _last_plan[:] = [(((SLACK, CHUNK), tuple(t.clone() for t in layout)), plan)]
-    return plan
-
-
-def clear_plan_cache() -> None:
-    """Forget the shared plan (benchmarks time the planning with every call)."""
-    _last_plan.clear()
-
-
-def _gather_blocks(x: torch.Tensor, slots: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """Blocks (n, h, L, hd) of x (B, h, T, hd) read at flat token slots (N,) (b * T + t); sizes = (n, L) per block."""
-    B, h, T, hd = x.shape
-    if x.transpose(1, 2).is_contiguous():  # token-major memory, as projections produce: rows need no copy
-        rows, (sb, sh, st) = x.transpose(1, 2).reshape(-1, hd), (T * h, 1, h)  # (B*T*h, hd)
-    else:
-        rows, (sb, sh, st) = x.contiguous().view(-1, hd), (h * T, T, 1)  # (B*h*T, hd)
-    with torch.no_grad():
-        at = torch.div(slots, T, rounding_mode="floor") * sb + slots % T * st  # (N,)
-        heads = torch.arange(h, device=x.device).view(1, h, 1) * sh  # (1, h, 1)
-        parts = at.split([n * L for n, L in sizes])
-        index = torch.cat([(p.view(n, 1, L) + heads).reshape(-1) for p, (n, L) in zip(parts, sizes)])
-    blocks = rows.index_select(0, index).split([n * h * L for n, L in sizes])  # (sum n*h*L, hd)
-    return [b.view(n, h, L, hd) for b, (n, L) in zip(blocks, sizes)]
-
-
-def windowed_casa_attention(q, k, v, q_window, q_index, k_window, k_index, scaling: float) -> torch.Tensor:
-    """CASA attention per window block. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
-    B, H, Tq, hd = q.shape
-    plan = shared_plan(q_window, q_index, k_window, k_index)
-    if plan is None:
-        return q.new_zeros(q.shape)
-    q_sizes, k_sizes = [(n, lq) for n, lq, _ in plan.shapes], [(n, lk) for n, _, lk in plan.shapes]
-    qs, ks, vs = (_gather_blocks(x, sl, sz) for x, sl, sz in
-                  ((q, plan.q_slots, q_sizes), (k, plan.k_slots, k_sizes), (v, plan.k_slots, k_sizes)))
-    with torch.no_grad():  # output row of each (chunk, head, slot); dropped slots go to the spare row B * Tq
-        dest = torch.where(plan.keep, plan.q_slots, B * Tq).split([n * lq for n, lq in q_sizes])
-        head = torch.arange(H, device=q.device).view(1, H, 1)
-        dest = [(d.view(n, 1, lq) * H + head).reshape(-1) for d, (n, lq) in zip(dest, q_sizes)]
-    out = q.new_zeros((B * Tq + 1) * H, hd)  # token-major rows, one spare token
-    for qb, kb, vb, mask, at in zip(qs, ks, vs, plan.masks, dest):
-        ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scaling, enable_gqa=H != k.shape[1])
-        out = out.index_put_((at,), ob.reshape(-1, hd))  # ob (n, H, Lq, hd)
-    return out[: B * Tq * H].view(B, Tq, H, hd).transpose(1, 2)  # (B, H, Tq, hd)
-
-
-def packed_llm_kwargs(sample_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> dict:
-    """Keyword arguments for the HF forward of a packed batch, so self-attention stays inside each sample.
-
-    transformers (5.x) splits a row into independent sequences wherever `position_ids` do not step by one
-    (`masking_utils.find_packed_sequence_indices`, used by the sdpa, eager and flex masks, sliding windows
-    included; flash attention reads `position_ids` itself), but only when the call has no 2D
-    `attention_mask` and no cache: with either, samples see each other. So a packed forward passes
-    `attention_mask=None`, `use_cache=False` and per-sample `position_ids` (derived from `sample_ids`
-    (B, T), 1..k per sample, 0 = padding, when not given). Raises ValueError when the given
-    `position_ids` would merge two samples or split one.
-    """
-    starts = F.pad(sample_ids[:, 1:] != sample_ids[:, :-1], (1, 0), value=True)  # (B, T) first token of a run
-    if position_ids is None:
-        idx = torch.arange(sample_ids.shape[1], device=sample_ids.device).expand_as(sample_ids)  # (B, T)
-        position_ids = idx - torch.where(starts, idx, torch.zeros_like(idx)).cummax(-1).values  # (B, T)
-        position_ids = position_ids.masked_fill(sample_ids == 0, 0)
-    step = F.pad(position_ids[:, 1:] - position_ids[:, :-1] == 1, (1, 0), value=False)  # (B, T) continues
-    real = sample_ids > 0
-    if bool(((step == starts) & real).any()):
-        raise ValueError("position_ids must restart at each packed sample and step by one inside it "
-                         "(transformers separates samples where position_ids do not step by one)")
-    return {"attention_mask": None, "position_ids": position_ids, "use_cache": False}
+__all__ = ["Chunks", "WindowPlan", "chunk_windows", "plan_windows", "SLACK", "CHUNK"]

@@ -4,7 +4,9 @@ Targets are chosen by structure: the linear layers (nn.Linear, and GPT-2's Conv1
 decoder blocks, filtered by `LoraSettings.targets` suffixes. LoRA is injected *before* the CASA
 layers exist, so CASA layers, the projector and the vision tower are never targets, and the LM
 head (tied or not) is never touched. peft's `inject_adapter_in_model` mutates the LLM in place
-(no PeftModel wrapper), so the rest of casa_adapter sees the same module tree.
+(no PeftModel wrapper), so the rest of casa_adapter sees the same module tree. Each LoRA layer keeps
+its base layer's state-dict keys (`q_proj.weight`, not peft's `q_proj.base_layer.weight`; see
+`state_keys`); its own tensors are `q_proj.lora_A.default.weight` and so on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from casa_adapter.backbone.state_keys import keep_base_keys
 from casa_adapter.config import LoraSettings
 
 
@@ -37,6 +40,9 @@ def apply_lora(llm: nn.Module, blocks_path: str, settings: LoraSettings) -> list
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, fan_in_fan_out=uses_conv1d, bias="none")
     inject_adapter_in_model(config, llm)
+    for module in llm.modules():
+        if isinstance(module, LoraLayer):
+            keep_base_keys(module, "base_layer")
     return targets
 
 
@@ -60,3 +66,6 @@ def merge_lora(model: nn.Module) -> int:
 def remove_lora(model: nn.Module) -> int:
     """Drop every LoRA adapter, putting the untouched base layers back. Returns the count removed."""
     return _replace_lora(model, merge=False)
+
+
+__all__ = ["apply_lora", "lora_target_names", "merge_lora", "remove_lora"]

@@ -26,8 +26,9 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from casa_adapter.model import cache_kwarg
-from casa_adapter.windows import CasaCache, CasaInputs, build_inputs
+from casa_adapter.backbone.compat import cache_kwarg
+from casa_adapter.casa.cache import CasaCache
+from casa_adapter.casa.windows import CasaInputs, build_inputs
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 

@@ -1,16 +1,15 @@
-"""Training callbacks and the atomic checkpoint writer.
+"""Training callbacks and the atomic checkpoint IO.
 
 - `AdapterCheckpoint`: adapter-only checkpoints (safetensors + manifest, never the frozen base)
   every N optimizer steps and at the end of training, plus `last` pointing at the newest.
 - `ThroughputMonitor`: tokens/s, images/s, samples/s and peak memory (CUDA: max_memory_allocated;
   CPU: the process's peak RSS from getrusage).
-- `AtomicCheckpointIO`: Lightning's resume checkpoints written to a temp file, fsynced, then renamed,
-  so a `kill -9` mid-write leaves the previous checkpoint whole.
+- `AtomicCheckpointIO`: Lightning's resume checkpoints written atomically (`casa_adapter.atomic`), so a
+  `kill -9` mid-write leaves the previous checkpoint whole.
 """
 
 from __future__ import annotations
 
-import os
 import resource
 import shutil
 import time
@@ -21,19 +20,16 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from casa_adapter.adapters.io import save_adapter
+from casa_adapter.atomic import atomic_file
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into `path.tmp-PID`, fsync, then `os.replace` onto `path`."""
+    """torch.save through `casa_adapter.atomic.atomic_file`: a temp file, fsync, then one rename onto `path`."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
 
 class AdapterCheckpoint(L.Callback):
@@ -47,8 +43,6 @@ class AdapterCheckpoint(L.Callback):
         tensors = _full_tensors(module.model)  # collective under FSDP: every rank takes part
         if not trainer.is_global_zero:
             return None
-        from casa_adapter.checkpoint import save_adapter
-
         target = save_adapter(module.model, self.dirpath / name, tensors=tensors)
         return target
 

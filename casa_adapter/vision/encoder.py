@@ -4,7 +4,7 @@
 
 - a name (`"siglip"` = open_clip `ViT-B-16-SigLIP`, `"siglip-so400m"`, `"siglip-tiny"`, or any
   open_clip model name), a `VisionSettings`, or a spec dict written by `VisionEncoder.spec()`;
-  the towers themselves are built in `vision_towers.py`;
+  the towers themselves are built in `towers.py` (weights found by `weights.py`);
 - any `nn.Module` with an integer `embed_dim` that maps (B, 3, H, W) -> (B, N, D).
 
 Example (random tiny tower, no download):
@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .config import VisionSettings
-from .vision_towers import LOCAL_TOWERS, build_tower
+from casa_adapter.config import VisionSettings
+from casa_adapter.vision.towers import LOCAL_TOWERS, build_tower
+from casa_adapter.vision.transform import resize_center_crop, to_float_chw
 
 DEFAULT_MEAN_STD = (0.5, 0.5, 0.5)
 """Normalisation of a custom tower that declares no `mean` / `std` (SigLIP's)."""
@@ -140,8 +141,8 @@ class VisionEncoder(nn.Module):
         (H, W) tensor (uint8 in [0, 255] or float in [0, 1]; 1 channel is repeated, alpha
         dropped). The shorter side is resized to `image_size` (bicubic, antialiased), then
         center-cropped."""
-        x = _to_float_chw(image)  # (3, H, W) in [0, 1]
-        x = _resize_center_crop(x, self.image_size)  # (3, S, S)
+        x = to_float_chw(image)  # (3, H, W) in [0, 1]
+        x = resize_center_crop(x, self.image_size)  # (3, S, S)
         mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
         return (x - mean) / std
@@ -208,34 +209,6 @@ def tower_layout(tower: nn.Module) -> tuple[str | None, tuple[str, ...]]:
     norms = [n for n in ("norm", "ln_post", "final_norm", "post_layernorm", "ln_f")
              if isinstance(getattr(tower, n, None), nn.Module)]
     return blocks, tuple(norms[:1])
-
-
-def _to_float_chw(image: Image.Image | np.ndarray | Tensor) -> Tensor:
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2:
-            image = image[..., None]  # (H, W, 1)
-        image = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (C, H, W), a writable copy
-    if not isinstance(image, Tensor):
-        raise TypeError(f"transform() takes a PIL image, a numpy array or a tensor, got {type(image).__name__}")
-    x = image[None] if image.ndim == 2 else image  # (C, H, W)
-    if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
-        raise ValueError(f"transform() expects (H, W[, C]) arrays or (C, H, W) tensors with C in 1/3/4, "
-                         f"got shape {tuple(image.shape)}")
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    return x.expand(3, -1, -1) if x.shape[0] == 1 else x[:3]  # (3, H, W)
-
-
-def _resize_center_crop(x: Tensor, size: int) -> Tensor:
-    _, h, w = x.shape
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    if (new_h, new_w) != (h, w):
-        x = F.interpolate(x[None], size=(new_h, new_w), mode="bicubic", antialias=True,
-                          align_corners=False)[0].clamp(0.0, 1.0)  # (3, new_h, new_w)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return x[:, top:top + size, left:left + size]  # (3, size, size)
 
 
 def build_vision(vision: str | VisionSettings | dict | nn.Module, llm_hidden: int, *,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from casa_adapter.families import decoder_blocks, family_spec
 
 
 def shard_model(model: nn.Module, mesh=None, reshard_after_forward: bool = True) -> int:
@@ -20,7 +19,7 @@ def shard_model(model: nn.Module, mesh=None, reshard_after_forward: bool = True)
     from torch.distributed.fsdp import fully_shard
 
     units = 0
-    for block in decoder_blocks(model.llm, family_spec(model.llm)):
+    for block in model.decoder_blocks():
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
         units += 1
     if any(True for _ in model.vision.tower.parameters()):

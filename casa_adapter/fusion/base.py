@@ -1,40 +1,22 @@
-"""`CasaModel`: a wrapped LLM, its vision encoder, and the CASA layers between them.
+"""`FusionModel`: what CASA and token insertion share.
 
-`FusionModel` is what both fusions share: the LLM (modified in place: optional LoRA), the vision
-encoder (tower + projector), the settings that built them, the trainable set, image encoding and
-adapter saving. `CasaModel` adds CASA layers beside chosen blocks' self-attention and a marker
-embedding; `casa_adapter.insertion.InsertionModel` is the token-insertion baseline. Images reach
-the CASA layers through one channel: the `CasaInputs` built here and passed down the HF forward
-as `casa_inputs`.
-
-Example:
-    >>> import torch, casa_adapter
-    >>> from transformers import LlamaConfig, LlamaForCausalLM
-    >>> llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    ...     num_attention_heads=4, num_key_value_heads=2, vocab_size=128))
-    >>> class Tower(torch.nn.Module):
-    ...     embed_dim = 3
-    ...     def forward(self, x): return x.flatten(2).transpose(1, 2)[:, :4]  # (B, 4, 3)
-    >>> model = casa_adapter.wrap(llm, vision=Tower())
-    >>> ids = torch.tensor([[5, model.image_token_id, 7, 8]])
-    >>> out = model(ids, images=[torch.rand(1, 3, 2, 2)], labels=ids.masked_fill(ids == model.image_token_id, -100))
-    >>> out.logits.shape
-    torch.Size([1, 4, 128])
+The LLM (modified in place: optional LoRA), the vision encoder (tower + projector), the settings
+that built them, the trainable set (by structure, in named groups), image encoding and adapter
+saving. `casa_model.CasaModel` adds CASA layers and a marker embedding; `insertion.InsertionModel`
+is the token-insertion baseline. Both are built by `casa_adapter.fusion.build`.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from casa_adapter.backbone.families import FamilySpec, decoder_blocks
+from casa_adapter.backbone.lora import merge_lora
+from casa_adapter.backbone.state_keys import state_keys
 from casa_adapter.config import CasaSettings, LoraSettings
-from casa_adapter.layer import CasaLayer
-from casa_adapter.lora import merge_lora
-from casa_adapter.windowed import packed_llm_kwargs
-from casa_adapter.windows import CasaCache, CasaInputs, build_inputs
 
 ImagesArg = list[Any] | None
 
@@ -48,16 +30,15 @@ class FusionModel(nn.Module):
     GROUPS: tuple[str, ...] = ("lora", "projector", "vision")
     """Trainable groups, in order; `trainable_groups()` returns exactly these keys."""
 
-    def __init__(self, llm: nn.Module, vision: nn.Module, settings: CasaSettings, layer_indices: list[int],
-                 lora: LoraSettings | None, base_fingerprint: str, lora_targets: list[str] | None = None,
-                 kernel: str = "auto"):
+    def __init__(self, llm: nn.Module, vision: nn.Module, settings: CasaSettings, family: FamilySpec,
+                 layer_indices: list[int], lora: LoraSettings | None, base_fingerprint: str,
+                 lora_targets: list[str] | None = None):
         super().__init__()
         self.llm, self.vision = llm, vision
-        self.settings, self.lora = settings, lora
+        self.settings, self.family, self.lora = settings, family, lora
         self.layer_indices = list(layer_indices)
         self.base_fingerprint = base_fingerprint
         self.lora_targets = lora_targets or []
-        self.kernel = kernel
         self.freeze()
 
     # -- identity ------------------------------------------------------------------------
@@ -73,6 +54,10 @@ class FusionModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.llm.parameters()).device
+
+    def decoder_blocks(self) -> nn.ModuleList:
+        """The LLM's decoder blocks (where the family's `FamilySpec` says they are)."""
+        return decoder_blocks(self.llm, self.family)
 
     # -- trainable set -------------------------------------------------------------------
     def _classifier(self) -> Callable[[str], str | None]:
@@ -109,6 +94,11 @@ class FusionModel(nn.Module):
     def trainable_parameter_names(self) -> list[str]:
         """Exactly what trains (see `trainable_groups`)."""
         return [n for names in self.trainable_groups().values() for n in names]
+
+    def trainable_state_keys(self) -> list[str]:
+        """`trainable_parameter_names()` as `state_dict()` keys (where the base's own names are kept)."""
+        keys = state_keys(self)
+        return [keys[n] for n in self.trainable_parameter_names()]
 
     def trainable_counts(self) -> dict[str, int]:
         """Number of trainable scalars per group (and `total`)."""
@@ -154,81 +144,9 @@ class FusionModel(nn.Module):
 
     def save_adapter(self, directory: str) -> None:
         """Write the trainable weights (safetensors) and a JSON manifest to `directory`, atomically."""
-        from casa_adapter.checkpoint import save_adapter
+        from casa_adapter.adapters.io import save_adapter
 
         save_adapter(self, directory)
-
-
-class CasaModel(FusionModel):
-    """An HF causal LM with CASA layers and a vision encoder. Build it with `casa_adapter.wrap`."""
-
-    GROUPS = ("casa", "marker", "lora", "projector", "vision")
-
-    @property
-    def image_token_id(self) -> int:
-        """The id that marks each image insertion point in `input_ids` (one past the embedding table)."""
-        return self.llm.get_input_embeddings().marker_id
-
-    def _classifier(self) -> Callable[[str], str | None]:
-        casa_prefixes = tuple(f"{n}." for n, m in self.named_modules() if isinstance(m, CasaLayer))
-        shared = super()._classifier()
-
-        def classify(name: str) -> str | None:
-            if name.startswith(casa_prefixes):
-                return "casa"
-            if name.endswith(".marker") and name.startswith("llm."):
-                return "marker" if self.settings.train_marker else None
-            return shared(name)
-
-        return classify
-
-    def casa_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    images: ImagesArg = None, sample_ids: torch.Tensor | None = None) -> CasaInputs | None:
-        """The window layout and image tokens for one call; None for text-only input without markers."""
-        has_markers = bool((input_ids == self.image_token_id).any())
-        if not images and not has_markers:
-            return None
-        features = self._row_features(input_ids, images)
-        return build_inputs(input_ids, self.image_token_id, features, attention_mask, sample_ids)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, images: ImagesArg = None,
-                labels: torch.Tensor | None = None, **kwargs):
-        """HF-style causal-LM output with `.loss` (when labels are given) and `.logits` (B, T, V).
-
-        Packed rows (`sample_ids`, see casa_adapter.data.packing): windows and self-attention stay inside
-        each sample (`windowed.packed_llm_kwargs`: no 2D mask, no cache, positions restarting per sample)."""
-        sample_ids = kwargs.pop("sample_ids", None)
-        inputs = self.casa_inputs(input_ids, attention_mask, images, sample_ids)
-        if inputs is not None:
-            kwargs["casa_inputs"] = inputs
-        if sample_ids is not None:
-            kwargs.update(packed_llm_kwargs(sample_ids, kwargs.get("position_ids")))
-            attention_mask = kwargs.pop("attention_mask")
-        return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
-
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 images: ImagesArg = None, **generate_kwargs) -> torch.Tensor:
-        """`transformers` generate with images. Image tokens never enter the text KV cache: each CASA
-        layer keeps only the current window's image and text keys (in a `CasaCache`)."""
-        inputs = self.casa_inputs(input_ids, attention_mask, images)
-        expand = generate_kwargs.get("num_beams", 1) * generate_kwargs.get("num_return_sequences", 1)
-        if inputs is not None and expand > 1:
-            inputs = inputs.expand(expand)
-        cache = CasaCache(config=self.llm.config, pending=inputs)
-        generate_kwargs[cache_kwarg(self.llm)] = cache
-        return self.llm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
-
-    def stream(self):
-        """A streaming session: each `add_image` opens a window; state bounded by the window + text seen."""
-        from casa_adapter.stream import CasaStream
-
-        return CasaStream(self)
-
-
-def cache_kwarg(llm: nn.Module) -> str:
-    """transformers renamed `past_key_values` to `cache` (5.2x); use whichever this version's forward names."""
-    return "cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values"
 
 
 def _as_batch(x) -> torch.Tensor | None:
@@ -243,3 +161,6 @@ def _as_batch(x) -> torch.Tensor | None:
         raise ValueError(f"an images entry must be (n, 3, H, W), (3, H, W) or a list of them; "
                          f"got shape {tuple(x.shape)}")
     return x
+
+
+__all__ = ["FusionModel", "ImagesArg"]

@@ -15,7 +15,9 @@ import importlib.util
 
 import torch
 
-from casa_adapter.windowed import chunk_windows, windowed_casa_attention
+from casa_adapter.casa.kernels.layout import KeyLayout
+from casa_adapter.casa.kernels.plan import chunk_windows
+from casa_adapter.casa.kernels.windowed import windowed_casa_attention
 
 
 @functools.cache
@@ -42,10 +44,11 @@ def _segments(sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return cu.to(torch.int32), seq, torch.arange(seq.numel(), device=sizes.device) - cu[seq]
 
 
-def varlen_layout(q_window, q_index, k_window, k_index):
+def varlen_layout(layout: KeyLayout):
     """(q rows (Nq,), k rows (Nk,), cu_q, cu_k, max_q, max_k, causal) for the varlen call, or None when the
     windows are not bottom-right causal nor fully visible. Rows are flat b * Tq + t and b * K + j."""
-    c = chunk_windows(q_window, q_index, k_window, k_index, chunk=q_window.shape[1] + 1)  # one chunk per window
+    q_index, k_index = layout.q_index, layout.k_index
+    c = chunk_windows(layout, chunk=layout.q_window.shape[1] + 1)  # one chunk per window
     if c is None or not bool((c.lk > 0).any()):
         return None
     sel = c.lk > 0  # windows without keys give zero outputs: leave them out
@@ -66,15 +69,18 @@ def varlen_layout(q_window, q_index, k_window, k_index):
     return q_rows, k_rows, cu_q, cu_k, int(lq.max()), int(lk.max()), causal
 
 
-def flash_casa_attention(q, k, v, q_window, q_index, k_window, k_index, scaling: float) -> torch.Tensor:
+def flash_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Tensor:
     """CASA attention through FlashAttention varlen. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
     B, H, Tq, hd = q.shape
-    layout = varlen_layout(q_window, q_index, k_window, k_index)
-    if layout is None:
-        return windowed_casa_attention(q, k, v, q_window, q_index, k_window, k_index, scaling)
-    q_rows, k_rows, cu_q, cu_k, max_q, max_k, causal = layout
+    segments = layout.derived("varlen", varlen_layout)
+    if segments is None:
+        return windowed_casa_attention(q, k, v, layout, scaling)
+    q_rows, k_rows, cu_q, cu_k, max_q, max_k, causal = segments
     rows = lambda x: x.transpose(1, 2).reshape(-1, x.shape[1], hd)  # (B*T, h, hd)
     out = _varlen()(rows(q)[q_rows], rows(k)[k_rows], rows(v)[k_rows], cu_q, cu_k, max_q, max_k,
                     softmax_scale=scaling, causal=causal)  # (Nq, H, hd)
     full = q.new_zeros(B * Tq, H, hd).index_put((q_rows,), out)  # (B*Tq, H, hd)
     return full.view(B, Tq, H, hd).transpose(1, 2)  # (B, H, Tq, hd)
+
+
+__all__ = ["flash_casa_attention", "flash_installed", "use_flash", "varlen_layout"]

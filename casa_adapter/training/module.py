@@ -18,29 +18,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from casa_adapter.base_models import load_base
+from casa_adapter.adapters.io import saved_state_keys
 from casa_adapter.config import ModelSettings
-from casa_adapter.families import decoder_blocks, family_spec
-from casa_adapter.optim import OptimSettings, build_optimizer
+from casa_adapter.fusion.build import build_from_settings
 from casa_adapter.processor import IGNORE_INDEX, Processor
+from casa_adapter.training.optim import OptimSettings, build_optimizer
+from casa_adapter.training.sharding import shard_if_model_parallel
 
 MODEL_KEYS = ("input_ids", "attention_mask", "images", "position_ids", "sample_ids")
-
-
-def build_wrapped(settings: ModelSettings):
-    """(CasaModel, tokenizer) from settings: a fresh wrap, or a saved adapter when `settings.adapter` is set."""
-    import casa_adapter
-
-    dtype = getattr(torch, settings.dtype)
-    llm, tokenizer = load_base(settings.base, dtype)
-    if settings.adapter:
-        return casa_adapter.load_adapter(settings.adapter, llm), tokenizer
-    casa = settings.casa
-    model = casa_adapter.wrap(llm, vision=settings.vision, every=casa.every, layers=casa.layers,
-                              variant=casa.variant, init=casa.init, fusion=casa.fusion,
-                              image_norm=casa.image_norm, train_marker=casa.train_marker,
-                              lora=settings.lora, kernel=settings.kernel)
-    return model, tokenizer
 
 
 def answer_accuracy(preds: torch.Tensor, targets: torch.Tensor, sample_ids: torch.Tensor) -> tuple[int, int]:
@@ -81,7 +66,7 @@ class CasaModule(L.LightningModule):
                                    "optim": dataclasses.asdict(self.optim_settings),
                                    "gradient_checkpointing": gradient_checkpointing, "compile": compile,
                                    "system_prompt": system_prompt})
-        self.model, self.tokenizer = build_wrapped(self.settings)
+        self.model, self.tokenizer = build_from_settings(self.settings)
         self.model.train()  # from_pretrained returns eval mode and Lightning keeps each module's mode as found
         extra = {} if system_prompt is None else {"system_prompt": system_prompt}
         self.processor = Processor.from_model(self.model, self.tokenizer, **extra)
@@ -100,10 +85,8 @@ class CasaModule(L.LightningModule):
         if self.gradient_checkpointing:
             self.model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.compile_blocks:
-            for block in decoder_blocks(self.model.llm, family_spec(self.model.llm)):
+            for block in self.model.decoder_blocks():
                 block.compile()
-        from casa_adapter.sharding import shard_if_model_parallel
-
         shard_if_model_parallel(self)
 
     # -- steps -----------------------------------------------------------------------------
@@ -146,7 +129,5 @@ class CasaModule(L.LightningModule):
     # -- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only the trainable tensors (and a random tower, which cannot be rebuilt) in Lightning checkpoints."""
-        from casa_adapter.checkpoint import _saved_names
-
-        keep = {f"model.{n}" for n in _saved_names(self.model)}
+        keep = {f"model.{key}" for key in saved_state_keys(self.model)}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}

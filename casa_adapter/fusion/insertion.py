@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from casa_adapter.model import FusionModel, ImagesArg
+from casa_adapter.fusion.base import FusionModel, ImagesArg
+from casa_adapter.fusion.stream import InsertionStream
 
 INSERTION_FLAG = "_casa_insertion"
 """Attribute set on an LLM wrapped for insertion, so that wrapping it again is refused."""
@@ -129,8 +130,6 @@ class InsertionModel(FusionModel):
 
     def stream(self):
         """A streaming session: each `add_image` appends the image's N tokens to the KV cache."""
-        from casa_adapter.stream import InsertionStream
-
         return InsertionStream(self)
 
 
@@ -182,30 +181,20 @@ def _flat_images(features: list[torch.Tensor | None], markers: torch.Tensor) -> 
     return out, N
 
 
-def check_not_inserted(llm: nn.Module) -> None:
-    """Refuse an LLM that an earlier `wrap(..., fusion="insertion")` already modified."""
-    if getattr(llm, INSERTION_FLAG, False):
-        raise ValueError("this LLM is already wrapped for token insertion (wrap() modifies it in place); "
-                         "load a fresh base model")
-
-
-def build_insertion(llm: nn.Module, settings, vision, lora, kernel: str, base_fingerprint: str,
-                    **vision_overrides) -> InsertionModel:
-    """`build_model` for fusion="insertion": freeze the LLM, LoRA, vision encoder; no CASA layers, no marker."""
-    from casa_adapter.families import family_spec
-    from casa_adapter.lora import apply_lora
-    from casa_adapter.vision import build_vision
-
-    check_not_inserted(llm)
-    for p in llm.parameters():
-        p.requires_grad_(False)
-    targets = apply_lora(llm, family_spec(llm).blocks, lora) if lora is not None else None
-    encoder = build_vision(vision, llm.config.hidden_size, **vision_overrides)
-    ref = next(llm.parameters())
-    encoder.to(device=ref.device)
-    encoder.projector.to(dtype=ref.dtype)
+def mark_inserted(llm: nn.Module) -> None:
+    """Flag `llm` as wrapped for token insertion (insertion adds no module: the flag is what refuses a second wrap)."""
     setattr(llm, INSERTION_FLAG, True)
-    return InsertionModel(llm, encoder, settings, [], lora, base_fingerprint, targets, kernel)
 
 
-__all__ = ["InsertionModel", "Expanded", "build_insertion", "check_not_inserted"]
+def unmark_inserted(llm: nn.Module) -> None:
+    """Remove the flag `mark_inserted` set (rolling a failed wrap back)."""
+    if hasattr(llm, INSERTION_FLAG):
+        delattr(llm, INSERTION_FLAG)
+
+
+def is_inserted(llm: nn.Module) -> bool:
+    """Whether an earlier `wrap(..., fusion="insertion")` modified `llm`."""
+    return bool(getattr(llm, INSERTION_FLAG, False))
+
+
+__all__ = ["InsertionModel", "Expanded", "is_inserted", "mark_inserted", "unmark_inserted"]

@@ -1,0 +1,119 @@
+"""`AttentionAccess`: the one object a CASA layer talks to about its block's self-attention.
+
+It reads the head geometry, finds the family's RoPE function, copies the block's q/k/v/o
+projections (and q/k norms) into plain `nn.Linear` modules, or, for variants that share the
+block's projections, calls the live ones (LoRA included). The projection names and layouts come
+from the block's `FamilySpec` (`families.py`).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Callable
+
+import torch
+from torch import nn
+
+from casa_adapter.backbone.families import FamilySpec, UnsupportedModelError
+
+
+def _base(module: nn.Module) -> nn.Module:
+    """The frozen layer under a peft LoRA wrapper (or the module itself)."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A fresh nn.Linear holding copies of weight (out, in) and bias."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+def _generic_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotate-half RoPE on the first cos.shape[-1] dims (partial rotary aware). q/k: (B, h, T, hd), cos/sin: (B, T, rd)."""
+    def rot(x):
+        rd = cos.shape[-1]
+        x_rot, x_pass = x[..., :rd], x[..., rd:]
+        half = torch.cat((-x_rot[..., rd // 2:], x_rot[..., : rd // 2]), dim=-1)
+        return torch.cat((x_rot * cos.unsqueeze(1) + half * sin.unsqueeze(1), x_pass), dim=-1)
+    return rot(q), rot(k)
+
+
+class AttentionAccess:
+    """Reads one block's self-attention: head geometry, projections, norms and its RoPE function."""
+
+    def __init__(self, attn: nn.Module, spec: FamilySpec, config, model_type: str):
+        self.attn, self.spec = attn, spec
+        self.num_heads = config.num_attention_heads
+        self.hidden_size = config.hidden_size
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(attn, "head_dim", None) or config.hidden_size // self.num_heads
+        self.scaling = float(getattr(attn, "scaling", self.head_dim**-0.5))
+        self.rope_fn: Callable | None = None
+        if spec.rope:
+            self.rope_fn = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", _generic_rope)
+        self._check(model_type)
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def _check(self, model_type: str) -> None:
+        names = [self.spec.o] + ([self.spec.q, self.spec.k, self.spec.v] if self.spec.layout == "separate" else [self.spec.qkv])
+        missing = [n for n in names if not hasattr(self.attn, n)]
+        if missing:
+            raise UnsupportedModelError(
+                f"model_type {model_type!r}: attention {type(self.attn).__name__} lacks {missing} expected by its FamilySpec"
+            )
+        q_out = self.copies()[0].out_features
+        if q_out != self.q_size:
+            raise UnsupportedModelError(
+                f"model_type {model_type!r}: q projection gives {q_out} features, expected heads*head_dim ="
+                f" {self.num_heads}*{self.head_dim}"
+            )
+
+    def copies(self) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+        """Fresh q, k, v, o `nn.Linear` copies of the block's (frozen, pre-LoRA) projections."""
+        a, s = self.attn, self.spec
+        o = _base(getattr(a, s.o))
+        if s.layout == "separate":
+            q, k, v = (_base(getattr(a, n)) for n in (s.q, s.k, s.v))
+            return _linear(q.weight, q.bias), _linear(k.weight, k.bias), _linear(v.weight, v.bias), _linear(o.weight, o.bias)
+        fused = _base(getattr(a, s.qkv))
+        weight = fused.weight.t() if s.layout == "conv1d_qkv" else fused.weight  # (q+2kv, D)
+        sizes = [self.q_size, self.kv_size, self.kv_size]
+        ws = weight.split(sizes, dim=0)
+        bs = fused.bias.split(sizes) if fused.bias is not None else (None, None, None)
+        o_weight = o.weight.t() if s.layout == "conv1d_qkv" else o.weight
+        return _linear(ws[0], bs[0]), _linear(ws[1], bs[1]), _linear(ws[2], bs[2]), _linear(o_weight, o.bias)
+
+    def norm_copies(self) -> tuple[nn.Module | None, nn.Module | None]:
+        """Deep copies of the q/k norms (None where the family has none)."""
+        get = lambda n: copy.deepcopy(getattr(self.attn, n)) if n and hasattr(self.attn, n) else None
+        return get(self.spec.q_norm), get(self.spec.k_norm)
+
+    def live_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v from the block's own projections (LoRA included): (B, T, q_size), (B, T, kv_size) x2."""
+        a, s = self.attn, self.spec
+        if s.layout == "separate":
+            return getattr(a, s.q)(x), getattr(a, s.k)(x), getattr(a, s.v)(x)
+        return getattr(a, s.qkv)(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+
+    def live_out(self, y: torch.Tensor) -> torch.Tensor:
+        """The block's own output projection: (B, T, q_size) -> (B, T, D)."""
+        return getattr(self.attn, self.spec.o)(y)
+
+    def live_norms(self) -> tuple[nn.Module | None, nn.Module | None]:
+        get = lambda n: getattr(self.attn, n) if n and hasattr(self.attn, n) else None
+        return get(self.spec.q_norm), get(self.spec.k_norm)
+
+
+__all__ = ["AttentionAccess"]

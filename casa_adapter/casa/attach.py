@@ -1,0 +1,104 @@
+"""Attach CASA layers to a loaded LLM (and take them off again).
+
+Each takes the LLM's `FamilySpec`, found once before the LLM is changed (a structural guess made
+after wrapping would see `CasaAttention` where the family's attention was).
+
+- `casa_blocks`: which decoder blocks get a CASA layer, with every check that can fail (family,
+  block list, attention layout, head geometry), before anything is changed;
+- `attach_casa`: set a `CasaAttention` (self-attention + CASA layer) in each chosen block and the
+  `MarkerEmbedding` in place of the token embedding, then probe with one tiny forward that every
+  CASA layer receives `casa_inputs` (some families drop keyword arguments on the way);
+- `detach_casa`: put the original attention modules and embedding back (used to roll a failed
+  `wrap()` back, so the user's LLM is left as it was).
+
+`casa_adapter.fusion.build` calls these around the steps both fusions share (freeze, LoRA, vision).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from casa_adapter.backbone.access import AttentionAccess
+from casa_adapter.backbone.families import FamilySpec, UnsupportedModelError, decoder_blocks
+from casa_adapter.casa.marker import MarkerEmbedding
+from casa_adapter.casa.parallel import CasaAttention
+from casa_adapter.casa.variants import build_layer
+from casa_adapter.casa.windows import CasaInputs
+from casa_adapter.config import CasaSettings
+
+
+def layer_indices(n_blocks: int, every: int = 1, layers: list[int] | None = None) -> list[int]:
+    """Blocks that get a CASA layer. `layers` (negatives count from the end) overrides `every`;
+    `every=N` takes every N-th block counted down from the last one, so the last block always has one."""
+    if layers is not None:
+        out = sorted({i + n_blocks if i < 0 else i for i in layers})
+        bad = [i for i in out if not 0 <= i < n_blocks]
+        if bad or not out:
+            raise ValueError(f"layers={layers}: indices must be within [-{n_blocks}, {n_blocks}) and non-empty")
+        return out
+    return sorted(range(n_blocks - 1, -1, -every))
+
+
+def casa_blocks(llm: nn.Module, spec: FamilySpec, settings: CasaSettings) -> list[int]:
+    """The block indices `settings` place CASA layers in; raises UnsupportedModelError / ValueError
+    for what cannot be wrapped, without changing `llm`."""
+    blocks = decoder_blocks(llm, spec)
+    indices = layer_indices(len(blocks), settings.every, settings.layers)
+    for i in indices:
+        AttentionAccess(getattr(blocks[i], spec.attention), spec, llm.config, llm.config.model_type)
+    return indices
+
+
+def attach_casa(llm: nn.Module, spec: FamilySpec, settings: CasaSettings, indices: list[int]) -> None:
+    """CASA layers beside blocks `indices` (after `casa_blocks`) and the marker embedding, then the probe."""
+    blocks = decoder_blocks(llm, spec)
+    for i in indices:
+        attn = getattr(blocks[i], spec.attention)
+        access = AttentionAccess(attn, spec, llm.config, llm.config.model_type)
+        setattr(blocks[i], spec.attention, CasaAttention(attn, build_layer(access, i, settings)))
+    llm.set_input_embeddings(MarkerEmbedding(llm.get_input_embeddings()))
+    probe_casa(llm, spec, indices)
+
+
+def detach_casa(llm: nn.Module, spec: FamilySpec) -> None:
+    """Put back every attention module and the token embedding that `attach_casa` wrapped."""
+    for block in decoder_blocks(llm, spec):
+        attn = getattr(block, spec.attention)
+        if isinstance(attn, CasaAttention):
+            setattr(block, spec.attention, attn.sa)
+    embedding = llm.get_input_embeddings()
+    if isinstance(embedding, MarkerEmbedding):
+        llm.set_input_embeddings(embedding.base)
+
+
+def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
+    """One 2-token forward with an image: every CASA layer must receive `casa_inputs` and run."""
+    ref = next(llm.parameters())
+    marker = llm.get_input_embeddings().marker_id
+    ids = torch.tensor([[0, marker]], device=ref.device)
+    one = torch.ones(1, 1, dtype=torch.long, device=ref.device)
+    inputs = CasaInputs(torch.tensor([[0, 1]], device=ref.device), torch.tensor([[0, 1]], device=ref.device),
+                        torch.zeros(1, 1, llm.config.hidden_size, device=ref.device, dtype=ref.dtype), one, one)
+    reached: list[int] = []
+    blocks = decoder_blocks(llm, spec)
+    hooks = [getattr(blocks[i], spec.attention).register_forward_pre_hook(
+        lambda m, a, kw, i=i: reached.append(i) if kw.get("casa_inputs") is not None else None, with_kwargs=True)
+        for i in indices]
+    try:
+        with torch.no_grad():
+            llm(input_ids=ids, casa_inputs=inputs, use_cache=False)
+    except Exception as e:
+        raise UnsupportedModelError(f"model_type {llm.config.model_type!r}: a forward through the CASA layers failed "
+                                    f"({type(e).__name__}: {e}); add a FamilySpec (docs/adding-a-family.md)") from e
+    finally:
+        for h in hooks:
+            h.remove()
+    missed = sorted(set(indices) - set(reached))
+    if missed:
+        raise UnsupportedModelError(
+            f"model_type {llm.config.model_type!r}: decoder blocks {missed} do not pass keyword arguments on to their "
+            f"attention, so images cannot reach the CASA layers; this family cannot be wrapped as is")
+
+
+__all__ = ["attach_casa", "casa_blocks", "detach_casa", "layer_indices", "probe_casa"]

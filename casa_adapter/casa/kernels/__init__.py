@@ -1,0 +1,46 @@
+"""CASA attention kernels, by name.
+
+Every kernel takes `(q, k, v, layout, scaling)`: q (B, H, Tq, hd), k and v (B, Hkv, K, hd), a
+`KeyLayout` saying which query may see which key, and the softmax scale; it returns (B, H, Tq, hd)
+with exactly zero for queries that see no key. All compute the same thing (docs/kernels.md):
+
+- `reference` (`dense.py`): a plain dense-mask softmax, the source of truth for tests;
+- `sdpa` (`dense.py`): the same dense mask through `scaled_dot_product_attention`;
+- `windowed` (`windowed.py`, planned in `plan.py`): per-window blocks bucketed into a few SDPA calls;
+- flash varlen (`flash.py`): FlashAttention over the windows (CUDA + flash-attn, reached through `auto`);
+- `auto`: picks one of these per call (see `auto_casa_attention`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from casa_adapter.casa.kernels.dense import reference_casa_attention, sdpa_casa_attention
+from casa_adapter.casa.kernels.flash import flash_casa_attention, use_flash
+from casa_adapter.casa.kernels.layout import KeyLayout
+from casa_adapter.casa.kernels.windowed import windowed_casa_attention
+
+
+def auto_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Tensor:
+    """FlashAttention varlen on CUDA in fp16/bf16 when `flash-attn` is installed; the dense SDPA kernel for
+    one query per row (a decode step: nothing to group, its mask is (B, 1, K)); the windowed kernel otherwise."""
+    if use_flash(q):
+        kernel = flash_casa_attention
+    elif q.shape[2] == 1:
+        kernel = sdpa_casa_attention
+    else:
+        kernel = windowed_casa_attention
+    return kernel(q, k, v, layout, scaling)
+
+
+KERNELS = {
+    "reference": reference_casa_attention,
+    "sdpa": sdpa_casa_attention,
+    "windowed": windowed_casa_attention,
+    "auto": auto_casa_attention,
+}
+"""Kernel names for `CasaSettings.kernel`. The flash path has no entry of its own: it needs CUDA and
+flash-attn, and "auto" takes it whenever it can run."""
+
+__all__ = ["KERNELS", "KeyLayout", "auto_casa_attention", "reference_casa_attention", "sdpa_casa_attention",
+           "windowed_casa_attention", "flash_casa_attention"]

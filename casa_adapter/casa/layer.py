@@ -1,0 +1,138 @@
+"""`CasaLayer`: cross-attention from text queries to [window image tokens ; window text so far].
+
+    h   = x + SA(norm(x)) + CASA(norm(x), norm'(image_tokens))
+    out = h + FFN(norm2(h))
+
+This is the attention computation every variant shares: project the call's text (queries, and keys
+and values where the variant has text keys) and its image tokens (keys and values only: image tokens
+are never queries), apply the family's q/k norms and RoPE (image keys sit at their window's start),
+put the keys of the layer's window cache in front, and run the CASA kernel over the call's
+`KeyLayout`. `norm'` is the layer's own RMSNorm on image tokens (`CasaSettings.image_norm`).
+
+Where the projections come from, whether text keys take part and whether RoPE applies is the
+variant's business: the subclasses in `variants.py`, one per `CasaSettings.variant`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from casa_adapter.backbone.access import AttentionAccess
+from casa_adapter.casa.cache import LayerCache
+from casa_adapter.casa.kernels import KERNELS
+from casa_adapter.casa.windows import CasaInputs
+from casa_adapter.config import CasaSettings
+
+
+class CasaLayer(nn.Module):
+    """The CASA attention of one decoder block; a variant subclass says where its projections come from."""
+
+    text_keys: ClassVar[bool] = True
+    """Whether the window's text (up to each query) is among the keys, beside the images."""
+    uses_rope: ClassVar[bool] = True
+    """Whether queries and keys get the family's rotary embedding."""
+
+    def __init__(self, access: AttentionAccess, layer_idx: int, settings: CasaSettings):
+        super().__init__()
+        self.layer_idx, self.kernel = layer_idx, settings.kernel
+        ref = next(access.attn.parameters())
+        self.image_norm = None  # None: image tokens reach k/v as the projector gives them
+        if settings.image_norm:
+            self.image_norm = nn.RMSNorm(access.hidden_size, eps=1e-6, device=ref.device, dtype=ref.dtype)
+        self.num_heads, self.num_kv_heads = access.num_heads, access.num_kv_heads
+        self.head_dim, self.scaling = access.head_dim, access.scaling
+        self.rope_fn = access.rope_fn if self.uses_rope else None
+
+    # -- what a variant provides ----------------------------------------------------------
+    def project_text(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """x (B, T, D) -> q (B, T, H*hd) and, with text keys, k, v (B, T, Hkv*hd) (else None)."""
+        raise NotImplementedError
+
+    def project_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens (B, I, D) -> k, v (B, I, Hkv*hd)."""
+        raise NotImplementedError
+
+    def project_out(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, T, H*hd) -> (B, T, D)."""
+        raise NotImplementedError
+
+    def qk_norms(self) -> tuple[nn.Module | None, nn.Module | None]:
+        """The q and k norms applied after projection (None where the family has none)."""
+        raise NotImplementedError
+
+    # -- the shared computation --------------------------------------------------------------
+    def _heads(self, x: torch.Tensor, n: int, norm: nn.Module | None) -> torch.Tensor:
+        """(B, T, n*hd) -> (B, n, T, hd), applying a per-head or full-width norm."""
+        B, T, _ = x.shape
+        per_head = norm is not None and getattr(norm, "weight", None) is not None and norm.weight.numel() == self.head_dim
+        if norm is not None and not per_head:
+            x = norm(x)
+        x = x.view(B, T, n, self.head_dim)  # (B, T, n, hd)
+        if per_head:
+            x = norm(x)
+        return x.transpose(1, 2)  # (B, n, T, hd)
+
+    def _image_kv(self, inputs: CasaInputs, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values of this call's image tokens, RoPE'd at their window start: (B, Hkv, I, hd) x2."""
+        tokens = inputs.image_tokens if self.image_norm is None else self.image_norm(inputs.image_tokens)  # (B, I, D)
+        k, v = self.project_images(tokens)  # (B, I, Hkv*hd)
+        k = self._heads(k, self.num_kv_heads, self.qk_norms()[1])  # (B, Hkv, I, hd)
+        v = self._heads(v, self.num_kv_heads, None)
+        if self.rope_fn is not None:
+            B, I = inputs.image_start.shape
+            at = inputs.image_start.unsqueeze(-1).expand(B, I, cos.shape[-1])  # (B, I, rd)
+            cos_i = cos.expand(B, -1, -1).gather(1, at)  # (B, I, rd)
+            sin_i = sin.expand(B, -1, -1).gather(1, at)
+            k = self.rope_fn(k, k, cos_i, sin_i)[1]
+        return k, v
+
+    def _rotary(self, position_embeddings):
+        """(cos, sin) of this call, or (None, None) for a layer without RoPE."""
+        if self.rope_fn is None:
+            return None, None
+        if position_embeddings is None:
+            raise RuntimeError("this family uses RoPE but its attention got no `position_embeddings`: "
+                               "CASA cannot place image keys (see docs/adding-a-family.md)")
+        return position_embeddings
+
+    def forward(self, x: torch.Tensor, inputs: CasaInputs, position_embeddings=None,
+                cache: LayerCache | None = None) -> torch.Tensor | None:
+        """x (B, T, D) normed hidden states -> CASA output (B, T, D), or None when no query has any key."""
+        has_cached = cache is not None and cache.keys is not None
+        if not inputs.has_images and not has_cached:
+            if cache is not None:
+                cache.advance(inputs, None)
+            return None
+        cos, sin = self._rotary(position_embeddings)
+        B, T, _ = x.shape
+        q, k, v = self.project_text(x)
+        q_norm, k_norm = self.qk_norms()
+        q = self._heads(q, self.num_heads, q_norm)  # (B, H, T, hd)
+        if k is not None:
+            k, v = self._heads(k, self.num_kv_heads, k_norm), self._heads(v, self.num_kv_heads, None)  # (B, Hkv, T, hd)
+        if self.rope_fn is not None and k is not None:
+            q, k = self.rope_fn(q, k, cos, sin)
+        elif self.rope_fn is not None:
+            q = self.rope_fn(q, q, cos, sin)[0]
+        keys, values = ([cache.keys], [cache.values]) if has_cached else ([], [])
+        if inputs.has_images:
+            image_k, image_v = self._image_kv(inputs, cos, sin)
+            keys.append(image_k)
+            values.append(image_v)
+        if k is not None:
+            keys.append(k)
+            values.append(v)
+        keys, values = torch.cat(keys, 2), torch.cat(values, 2)  # (B, Hkv, K, hd)
+        layout = inputs.key_layout((cache.windows, cache.index) if has_cached else None, k is not None)
+        y = KERNELS[self.kernel](q, keys, values, layout, self.scaling)  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, H*hd)
+        out = self.project_out(y) * (inputs.text_windows > 0).unsqueeze(-1).to(x.dtype)  # (B, T, D), 0 outside windows
+        if cache is not None:
+            cache.advance(inputs, (keys, values, layout))
+        return out
+
+
+__all__ = ["CasaLayer"]

@@ -1,0 +1,64 @@
+"""`CasaAttention`: a decoder block's self-attention with a CASA layer beside it, in parallel.
+
+It takes the place of the block's attention attribute and holds the original as `.sa` (wrapped,
+not subclassed, so any family works): it runs SA, then adds the CASA layer's output computed on
+the same normed input. Images arrive as the `casa_inputs` keyword the model passes down the HF
+forward; during `generate` and streaming the layer's window cache comes from the `CasaCache` that
+travels as the model's cache. The state dict keeps the base's keys (`self_attn.q_proj.weight`, not
+`self_attn.sa.q_proj.weight`); the CASA layer's tensors are `self_attn.casa.*`.
+
+Example:
+    >>> import torch, casa_adapter
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    ...     num_attention_heads=4, num_key_value_heads=2, vocab_size=128))
+    >>> class Tower(torch.nn.Module):
+    ...     embed_dim = 32
+    ...     def forward(self, x): return x.flatten(2)[:, :, :32].transpose(1, 2)[:, :4]  # (B, 4, 32)
+    >>> model = casa_adapter.wrap(llm, vision=Tower(), every=1)
+    >>> type(llm.model.layers[0].self_attn).__name__
+    'CasaAttention'
+    >>> "model.layers.0.self_attn.q_proj.weight" in llm.state_dict()
+    True
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from casa_adapter.backbone.state_keys import keep_base_keys
+from casa_adapter.casa.cache import CasaCache
+from casa_adapter.casa.layer import CasaLayer
+from casa_adapter.casa.windows import CasaInputs
+
+
+class CasaAttention(nn.Module):
+    """A decoder block's self-attention (`.sa`) with a CASA layer (`.casa`) beside it."""
+
+    def __init__(self, sa: nn.Module, casa: CasaLayer):
+        super().__init__()
+        self.sa, self.casa = sa, casa
+        keep_base_keys(self, "sa")
+
+    def forward(self, *args, **kwargs):
+        inputs: CasaInputs | None = kwargs.pop("casa_inputs", None)
+        out = self.sa(*args, **kwargs)
+        x = args[0] if args else kwargs["hidden_states"]  # (B, T, D), already normed
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        layer_cache = None
+        if isinstance(cache, CasaCache):
+            layer_cache = cache.layer(self.casa.layer_idx)
+            if inputs is None:
+                fresh = layer_cache.next_index is None
+                inputs = cache.pending if fresh else layer_cache.continuation(x.shape[1])
+        if inputs is None:
+            return out
+        extra = self.casa(x, inputs, kwargs.get("position_embeddings"), layer_cache)
+        if extra is None:
+            return out
+        if isinstance(out, tuple):
+            return (out[0] + extra, *out[1:])
+        return out + extra
+
+
+__all__ = ["CasaAttention"]

@@ -1,0 +1,101 @@
+"""`CasaModel`: a wrapped LLM, its vision encoder, and the CASA layers between them.
+
+CASA layers sit beside chosen blocks' self-attention (`casa_adapter.casa.parallel`) and a marker
+embedding marks each image's place in `input_ids`. Images reach the CASA layers through one
+channel: the `CasaInputs` built here and passed down the HF forward as `casa_inputs`.
+
+Example:
+    >>> import torch, casa_adapter
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    ...     num_attention_heads=4, num_key_value_heads=2, vocab_size=128))
+    >>> class Tower(torch.nn.Module):
+    ...     embed_dim = 3
+    ...     def forward(self, x): return x.flatten(2).transpose(1, 2)[:, :4]  # (B, 4, 3)
+    >>> model = casa_adapter.wrap(llm, vision=Tower())
+    >>> ids = torch.tensor([[5, model.image_token_id, 7, 8]])
+    >>> out = model(ids, images=[torch.rand(1, 3, 2, 2)], labels=ids.masked_fill(ids == model.image_token_id, -100))
+    >>> out.logits.shape
+    torch.Size([1, 4, 128])
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from casa_adapter.backbone.compat import cache_kwarg, packed_llm_kwargs
+from casa_adapter.casa.cache import CasaCache
+from casa_adapter.casa.layer import CasaLayer
+from casa_adapter.casa.windows import CasaInputs, build_inputs
+from casa_adapter.fusion.base import FusionModel, ImagesArg
+from casa_adapter.fusion.stream import CasaStream
+
+
+class CasaModel(FusionModel):
+    """An HF causal LM with CASA layers and a vision encoder. Build it with `casa_adapter.wrap`."""
+
+    GROUPS = ("casa", "marker", "lora", "projector", "vision")
+
+    @property
+    def image_token_id(self) -> int:
+        """The id that marks each image insertion point in `input_ids` (one past the embedding table)."""
+        return self.llm.get_input_embeddings().marker_id
+
+    def _classifier(self) -> Callable[[str], str | None]:
+        casa_prefixes = tuple(f"{n}." for n, m in self.named_modules() if isinstance(m, CasaLayer))
+        shared = super()._classifier()
+
+        def classify(name: str) -> str | None:
+            if name.startswith(casa_prefixes):
+                return "casa"
+            if name.endswith(".marker") and name.startswith("llm."):
+                return "marker" if self.settings.train_marker else None
+            return shared(name)
+
+        return classify
+
+    def casa_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    images: ImagesArg = None, sample_ids: torch.Tensor | None = None) -> CasaInputs | None:
+        """The window layout and image tokens for one call; None for text-only input without markers."""
+        has_markers = bool((input_ids == self.image_token_id).any())
+        if not images and not has_markers:
+            return None
+        features = self._row_features(input_ids, images)
+        return build_inputs(input_ids, self.image_token_id, features, attention_mask, sample_ids)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, images: ImagesArg = None,
+                labels: torch.Tensor | None = None, **kwargs):
+        """HF-style causal-LM output with `.loss` (when labels are given) and `.logits` (B, T, V).
+
+        Packed rows (`sample_ids`, see casa_adapter.data.packing): windows and self-attention stay inside
+        each sample (`compat.packed_llm_kwargs`: no 2D mask, no cache, positions restarting per sample)."""
+        sample_ids = kwargs.pop("sample_ids", None)
+        inputs = self.casa_inputs(input_ids, attention_mask, images, sample_ids)
+        if inputs is not None:
+            kwargs["casa_inputs"] = inputs
+        if sample_ids is not None:
+            kwargs.update(packed_llm_kwargs(sample_ids, kwargs.get("position_ids")))
+            attention_mask = kwargs.pop("attention_mask")
+        return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 images: ImagesArg = None, **generate_kwargs) -> torch.Tensor:
+        """`transformers` generate with images. Image tokens never enter the text KV cache: each CASA
+        layer keeps only the current window's image and text keys (in a `CasaCache`)."""
+        inputs = self.casa_inputs(input_ids, attention_mask, images)
+        expand = generate_kwargs.get("num_beams", 1) * generate_kwargs.get("num_return_sequences", 1)
+        if inputs is not None and expand > 1:
+            inputs = inputs.expand(expand)
+        cache = CasaCache(config=self.llm.config, pending=inputs)
+        generate_kwargs[cache_kwarg(self.llm)] = cache
+        return self.llm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+
+    def stream(self):
+        """A streaming session: each `add_image` opens a window; state bounded by the window + text seen."""
+        return CasaStream(self)
+
+
+__all__ = ["CasaModel"]
