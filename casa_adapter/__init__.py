@@ -1,9 +1,9 @@
 """casa_adapter: retrofit a decoder-only Hugging Face LLM into a vision-language model with CASA layers.
 
-    >>> import casa_adapter
-    >>> model = casa_adapter.wrap(llm, vision="siglip", every=2, lora=casa_adapter.LoraSettings(rank=16))  # doctest: +SKIP
-    >>> model.save_adapter("runs/demo/adapter")                                                          # doctest: +SKIP
-    >>> model = casa_adapter.load_adapter("runs/demo/adapter", llm)                                      # doctest: +SKIP
+    import casa_adapter
+    model = casa_adapter.wrap(llm, vision="siglip", every=2, lora=casa_adapter.LoraSettings(rank=16))
+    model.save_adapter("runs/demo/adapter")
+    model = casa_adapter.load_adapter("runs/demo/adapter", llm)   # a fresh copy of the same base
 
 The package's map is docs/architecture.md.
 """
@@ -15,8 +15,18 @@ from casa_adapter.fusion.build import load_adapter, wrap
 from casa_adapter.fusion.casa_model import CasaModel
 from casa_adapter.processor import Processor
 
-__all__ = ["wrap", "load_adapter", "CasaModel", "CasaModule", "CasaSettings", "LoraSettings", "VisionSettings",
-           "Processor", "AdapterError", "UnsupportedModelError"]
+__all__ = [
+    "wrap",
+    "load_adapter",
+    "CasaModel",
+    "CasaModule",
+    "CasaSettings",
+    "LoraSettings",
+    "VisionSettings",
+    "Processor",
+    "AdapterError",
+    "UnsupportedModelError",
+]
 __version__ = "0.1.0"
 
 

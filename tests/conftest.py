@@ -11,8 +11,15 @@ import transformers as tf
 from torch import nn
 
 VOCAB = 96
-TINY = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256)
+TINY = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 
 
 def _cfg(cls, **extra):
@@ -30,8 +37,12 @@ FAMILY_CONFIGS = {
     "gemma3_text": (_cfg(tf.Gemma3TextConfig, head_dim=16, sliding_window=8), tf.Gemma3ForCausalLM),
     "olmo2": (_cfg(tf.Olmo2Config, bos_token_id=0, eos_token_id=0, pad_token_id=0), tf.Olmo2ForCausalLM),
     "phi3": (_cfg(tf.Phi3Config, bos_token_id=0, eos_token_id=0, pad_token_id=0), tf.Phi3ForCausalLM),
-    "gpt2": (lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=256,
-                                   bos_token_id=0, eos_token_id=0), tf.GPT2LMHeadModel),
+    "gpt2": (
+        lambda: tf.GPT2Config(
+            vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=0
+        ),
+        tf.GPT2LMHeadModel,
+    ),
 }
 FAMILIES = sorted(FAMILY_CONFIGS)
 

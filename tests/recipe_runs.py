@@ -20,8 +20,23 @@ def make_demo_data(root: Path, train: int = 120, val: int = 24) -> Path:
     if not (out / "meta.json").exists():
         from casa_adapter.data.commands import main as data_main
 
-        assert data_main(["make-demo", "--out", str(out), "--train", str(train), "--val", str(val),
-                          "--image-size", "32", "--quiet"]) == 0
+        assert (
+            data_main(
+                [
+                    "make-demo",
+                    "--out",
+                    str(out),
+                    "--train",
+                    str(train),
+                    "--val",
+                    str(val),
+                    "--image-size",
+                    "32",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     return out
 
 
@@ -29,20 +44,48 @@ def tiny_recipe(root: Path, data: Path, max_steps: int = 8, **trainer) -> dict:
     """A recipe: tiny random Llama, siglip-tiny tower, demo shards, CSV losses, checkpoints every 2 steps."""
     return {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": max_steps, "log_every_n_steps": 1,
-                    "limit_val_batches": 0, "enable_progress_bar": False, "default_root_dir": str(root),
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root)}},
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(root / "ckpt"), "every_n_train_steps": 2,
-                                                 "save_last": True, "save_top_k": 1}}], **trainer},
-        "model": {"class_path": "casa_adapter.CasaModule",
-                  "init_args": {"model": {"base": "tiny", "vision": {"name": "siglip-tiny", "pretrained": False,
-                                                                    "image_size": 32},
-                                          "casa": {"every": 2}, "lora": {"rank": 4}},
-                                "optim": {"lr": 1e-3, "warmup_steps": 2}}},
-        "data": {"class_path": "casa_adapter.data.CasaDataModule",
-                 "init_args": {"train": str(data / "train"), "val": str(data / "val"),
-                               "settings": {"batch_size": 4, "num_workers": 0, "max_tokens": 512}}},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": max_steps,
+            "log_every_n_steps": 1,
+            "limit_val_batches": 0,
+            "enable_progress_bar": False,
+            "default_root_dir": str(root),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root)}},
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(root / "ckpt"),
+                        "every_n_train_steps": 2,
+                        "save_last": True,
+                        "save_top_k": 1,
+                    },
+                }
+            ],
+            **trainer,
+        },
+        "model": {
+            "class_path": "casa_adapter.CasaModule",
+            "init_args": {
+                "model": {
+                    "base": "tiny",
+                    "vision": {"name": "siglip-tiny", "pretrained": False, "image_size": 32},
+                    "casa": {"every": 2},
+                    "lora": {"rank": 4},
+                },
+                "optim": {"lr": 1e-3, "warmup_steps": 2},
+            },
+        },
+        "data": {
+            "class_path": "casa_adapter.data.CasaDataModule",
+            "init_args": {
+                "train": str(data / "train"),
+                "val": str(data / "val"),
+                "settings": {"batch_size": 4, "num_workers": 0, "max_tokens": 512},
+            },
+        },
         "adapter": {"dirpath": str(root / "adapter"), "every_n_steps": 0},
     }
 
@@ -55,8 +98,9 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 def run_cli(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
     """`casa-adapter ARGS` in a subprocess with the tests folder importable (for test callbacks)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "casa_adapter.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "casa_adapter.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"casa-adapter {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
@@ -94,7 +138,6 @@ class ParamReport(L.Callback):
 
     @staticmethod
     def _sums(module) -> dict:
-        import torch
 
         report = {"trainable": {}, "frozen": {}}
         for name, p in module.model.named_parameters():
@@ -113,4 +156,5 @@ class ParamReport(L.Callback):
         after = self._sums(module)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(
-            json.dumps({"before": self._before, "after": after, "world": trainer.world_size}))
+            json.dumps({"before": self._before, "after": after, "world": trainer.world_size})
+        )

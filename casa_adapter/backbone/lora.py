@@ -37,8 +37,14 @@ def apply_lora(llm: nn.Module, blocks_path: str, settings: LoraSettings) -> list
     """Inject LoRA adapters (B initialised to zero, so outputs are unchanged) and return their targets."""
     targets = lora_target_names(llm, blocks_path, settings)
     uses_conv1d = any(isinstance(llm.get_submodule(n), Conv1D) for n in targets)
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=targets, fan_in_fan_out=uses_conv1d, bias="none")
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        fan_in_fan_out=uses_conv1d,
+        bias="none",
+    )
     inject_adapter_in_model(config, llm)
     for module in llm.modules():
         if isinstance(module, LoraLayer):

@@ -39,15 +39,25 @@ def _lift(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict
     head = prefix + inner + "."
     mine = [(k, state_dict.pop(k)) for k in [k for k in state_dict if k.startswith(prefix)]]
     for key, value in mine:  # this module's keys are the newest ones: re-adding them keeps the order
-        state_dict[prefix + key[len(head):] if key.startswith(head) else key] = value
+        state_dict[prefix + key[len(head) :] if key.startswith(head) else key] = value
 
 
-def _sink(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-          missing_keys: list, unexpected_keys: list, error_msgs: list, *, inner: str) -> None:
+def _sink(
+    module: nn.Module,
+    state_dict: dict,
+    prefix: str,
+    local_metadata: dict,
+    strict: bool,
+    missing_keys: list,
+    unexpected_keys: list,
+    error_msgs: list,
+    *,
+    inner: str,
+) -> None:
     """load pre-hook: keys under `prefix` that name none of the wrapper's own tensors or children go to `inner`."""
     own = set(module._parameters) | set(module._buffers) | set(module._modules)
     for key in [k for k in state_dict if k.startswith(prefix)]:
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         if rest.split(".", 1)[0] not in own:
             state_dict[prefix + inner + "." + rest] = state_dict.pop(key)
 

@@ -24,17 +24,30 @@ from casa_adapter.bench.common import add_settings_arguments
 
 def build_parser() -> argparse.ArgumentParser:
     intro, rest = __doc__.split("\n\n", 1)
-    parser = argparse.ArgumentParser(prog="casa-adapter bench", description=_summary(intro), epilog=rest,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="casa-adapter bench",
+        description=_summary(intro),
+        epilog=rest,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="{stream,train,kernel}")
-    for name, module, settings in (("stream", stream, stream.StreamBenchSettings),
-                                   ("train", train, train.TrainBenchSettings)):
-        p = sub.add_parser(name, help=_summary(module.__doc__), description=module.__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, module, settings in (
+        ("stream", stream, stream.StreamBenchSettings),
+        ("train", train, train.TrainBenchSettings),
+    ):
+        p = sub.add_parser(
+            name,
+            help=_summary(module.__doc__),
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_settings_arguments(p, settings)
         p.set_defaults(run=module.run)
-    sub.add_parser("kernel", help="the windowed kernel vs the dense reference and plain SDPA "
-                                  "(casa-adapter bench kernel --help)", add_help=False)
+    sub.add_parser(
+        "kernel",
+        help="the windowed kernel vs the dense reference and plain SDPA (casa-adapter bench kernel --help)",
+        add_help=False,
+    )
     return parser
 
 
@@ -50,8 +63,11 @@ def kernel_main(argv: list[str]) -> int:
     except ImportError as e:
         if e.name != "casa_adapter.bench.kernel":
             raise
-        print("casa-adapter bench kernel: not available in this installation (casa_adapter/bench/kernel.py is "
-              "missing); `bench stream` and `bench train` are", file=sys.stderr)
+        print(
+            "casa-adapter bench kernel: not available in this installation (casa_adapter/bench/kernel.py is "
+            "missing); `bench stream` and `bench train` are",
+            file=sys.stderr,
+        )
         return 2
     return main(argv)
 

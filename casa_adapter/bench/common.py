@@ -51,8 +51,9 @@ def add_settings_arguments(parser, cls) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
             continue
         kind = type(f.default) if f.default is not None else str
-        parser.add_argument(flag, type=kind, default=f.default, choices=choices,
-                            help=f"{help_text} (default: {f.default})")
+        parser.add_argument(
+            flag, type=kind, default=f.default, choices=choices, help=f"{help_text} (default: {f.default})"
+        )
 
 
 def settings_from(args, cls):
@@ -79,8 +80,13 @@ def build(base: nn.Module, fusion: str, tokens: int, s, copy_base: bool = True):
     llm = copy.deepcopy(base) if copy_base else base
     torch.manual_seed(s.seed)
     layers = [int(i) for i in s.layers.split(",")] if s.layers else None
-    casa = CasaSettings(every=s.every, layers=layers, fusion=fusion, train_marker=not getattr(s, "freeze_marker", False),
-                        **({"kernel": s.kernel} if s.kernel else {}))
+    casa = CasaSettings(
+        every=s.every,
+        layers=layers,
+        fusion=fusion,
+        train_marker=not getattr(s, "freeze_marker", False),
+        **({"kernel": s.kernel} if s.kernel else {}),
+    )
     lora = LoraSettings(rank=s.lora) if getattr(s, "lora", 0) else None
     model = wrap(llm, vision=BenchTower(tokens), casa=casa, lora=lora)
     ref = next(llm.parameters())
@@ -94,9 +100,15 @@ def sync(device: str) -> None:
 
 def machine(device: str) -> dict:
     """What ran the benchmark: CPU, cores, load average at the start, torch, threads, GPU."""
-    info = {"platform": platform.platform(), "cpu": _cpu_name(), "cores": os.cpu_count(),
-            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "device": device}
+    info = {
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": device,
+    }
     if str(device).startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

@@ -85,7 +85,9 @@ def _runner(name: str, q, k, v, layout, pairs: int, backward: bool):
         call = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
         kernel = KERNELS[{"windowed": "windowed", "reference": "reference", "dense-sdpa": "sdpa"}[name]]
-        call = lambda: kernel(q, k, v, dataclasses.replace(layout), q.shape[-1] ** -0.5)  # a fresh layout: planning included
+        call = lambda: kernel(
+            q, k, v, dataclasses.replace(layout), q.shape[-1] ** -0.5
+        )  # a fresh layout: planning included
     if not backward:
         return call
     grad = torch.randn(call().shape, device=q.device, dtype=q.dtype)
@@ -96,8 +98,10 @@ def _inputs(B: int, Tq: int, K: int, args, backward: bool):
     device, dtype = torch.device(args.device), {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     torch.manual_seed(0)
     q = torch.randn(B, args.heads, Tq, args.head_dim, device=device, dtype=dtype, requires_grad=backward)
-    k, v = (torch.randn(B, args.kv_heads, K, args.head_dim, device=device, dtype=dtype, requires_grad=backward)
-            for _ in range(2))
+    k, v = (
+        torch.randn(B, args.kv_heads, K, args.head_dim, device=device, dtype=dtype, requires_grad=backward)
+        for _ in range(2)
+    )
     return q, k, v
 
 
@@ -109,8 +113,16 @@ def run_case(name: str, spec: dict, args) -> dict:
     pairs = int(layout.mask().sum())
     plan = plan_windows(layout)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    result = dict(case=name, **spec, Tq=Tq, K=K, allowed_pairs=pairs, blocks=plan.shapes,
-                  block_pairs=sum(n * lq * lk for n, lq, lk in plan.shapes), ms={})
+    result = dict(
+        case=name,
+        **spec,
+        Tq=Tq,
+        K=K,
+        allowed_pairs=pairs,
+        blocks=plan.shapes,
+        block_pairs=sum(n * lq * lk for n, lq, lk in plan.shapes),
+        ms={},
+    )
     for backward in (False, True):
         q, k, v = _inputs(B, Tq, K, args, backward)
         runners = {kn: _runner(kn, q, k, v, layout, pairs, backward) for kn in KERNEL_NAMES}
@@ -120,29 +132,40 @@ def run_case(name: str, spec: dict, args) -> dict:
         result["ms"][mode] = {kn: med for kn, (med, _) in timed.items()}
         result.setdefault("min_ms", {})[mode] = {kn: low for kn, (_, low) in timed.items()}
     with torch.no_grad():
-        got = KERNELS["windowed"](q, k, v, layout, args.head_dim ** -0.5)
-        want = KERNELS["reference"](q.float(), k.float(), v.float(), layout, args.head_dim ** -0.5)
+        got = KERNELS["windowed"](q, k, v, layout, args.head_dim**-0.5)
+        want = KERNELS["reference"](q.float(), k.float(), v.float(), layout, args.head_dim**-0.5)
     result["max_abs_diff"] = float((got.float() - want).abs().max())
     return result
 
 
 def _table(results: list[dict]) -> str:
-    head = (f"{'case':<15}{'mode':<9}{'Tq x K':>12}{'windowed':>10}{'reference':>11}{'dense-sdpa':>11}"
-            f"{'causal-eq':>11}{'ref/win':>9}{'win/causal':>11}")
+    head = (
+        f"{'case':<15}{'mode':<9}{'Tq x K':>12}{'windowed':>10}{'reference':>11}{'dense-sdpa':>11}"
+        f"{'causal-eq':>11}{'ref/win':>9}{'win/causal':>11}"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         shape = f"{r['Tq']}x{r['K']}"
         for mode, ms in r["ms"].items():
-            lines.append(f"{r['case']:<15}{mode:<9}{shape:>12}"
-                         f"{ms['windowed']:>10.1f}{ms['reference']:>11.1f}{ms['dense-sdpa']:>11.1f}"
-                         f"{ms['causal-equal']:>11.1f}{ms['reference'] / ms['windowed']:>8.1f}x"
-                         f"{ms['windowed'] / ms['causal-equal']:>10.2f}x")
+            lines.append(
+                f"{r['case']:<15}{mode:<9}{shape:>12}"
+                f"{ms['windowed']:>10.1f}{ms['reference']:>11.1f}{ms['dense-sdpa']:>11.1f}"
+                f"{ms['causal-equal']:>11.1f}{ms['reference'] / ms['windowed']:>8.1f}x"
+                f"{ms['windowed'] / ms['causal-equal']:>10.2f}x"
+            )
     return "\n".join(lines)
 
 
 def _machine(args) -> dict:
-    info = dict(torch=torch.__version__, device=args.device, dtype=args.dtype, threads=torch.get_num_threads(),
-                clock=args.clock, cpu=platform.processor() or platform.machine(), cores=os.cpu_count())
+    info = dict(
+        torch=torch.__version__,
+        device=args.device,
+        dtype=args.dtype,
+        threads=torch.get_num_threads(),
+        clock=args.clock,
+        cpu=platform.processor() or platform.machine(),
+        cores=os.cpu_count(),
+    )
     if hasattr(os, "getloadavg"):
         info["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     if args.device == "cuda":
@@ -158,8 +181,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                   help="cpu: this thread's CPU time (implies --threads 1), steadier on shared cores")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="cpu: this thread's CPU time (implies --threads 1), steadier on shared cores",
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--json", metavar="PATH", help="write the results and the machine description here")

@@ -25,8 +25,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from casa_adapter.bench.common import (FUSIONS, build, load_llm, machine, ratio, set_threads, settings_from,
-                                      sync, table, write_json)
+from casa_adapter.bench.common import (
+    FUSIONS,
+    build,
+    load_llm,
+    machine,
+    ratio,
+    set_threads,
+    settings_from,
+    sync,
+    table,
+    write_json,
+)
 
 
 @dataclass
@@ -70,8 +80,12 @@ def turn(session, frame: torch.Tensor, text: torch.Tensor, decode: int, device: 
     first = time.perf_counter()
     session.generate(max_new_tokens=decode)
     sync(device)
-    return {"latency_ms": 1000 * (first - start), "add_image_ms": 1000 * (image - start),
-            "decode_tok_s": decode / (time.perf_counter() - first), "state_bytes": session.state_bytes()}
+    return {
+        "latency_ms": 1000 * (first - start),
+        "add_image_ms": 1000 * (image - start),
+        "decode_tok_s": decode / (time.perf_counter() - first),
+        "state_bytes": session.state_bytes(),
+    }
 
 
 def run_turns(models: dict, frames: torch.Tensor, text: torch.Tensor, s: StreamBenchSettings) -> dict:
@@ -102,7 +116,7 @@ def report_turns(turns: int) -> list[int]:
 
 def smoothed(values: list[float], t: int, width: int = 5) -> float:
     """Median of the `width` turns ending at turn t (1-based)."""
-    return statistics.median(values[max(0, t - width):t])
+    return statistics.median(values[max(0, t - width) : t])
 
 
 def summarize(results: dict, s: StreamBenchSettings) -> dict:
@@ -128,14 +142,30 @@ def print_table(results: dict, s: StreamBenchSettings) -> None:
         c_tok, i_tok = smoothed(casa["decode_tok_s"], t), smoothed(ins["decode_tok_s"], t)
         c_mb, i_mb = casa["state_bytes"][t - 1] / 2**20, ins["state_bytes"][t - 1] / 2**20
         rows.append([t, c_ms, i_ms, ratio(i_ms, c_ms), c_tok, i_tok, c_mb, i_mb, ratio(i_mb, c_mb)])
-    print(table(["turn", "CASA TTFT ms", "ins TTFT ms", "ins/CASA", "CASA dec tok/s", "ins dec tok/s",
-                 "CASA state MiB", "ins state MiB", "ins/CASA"], rows))
+    print(
+        table(
+            [
+                "turn",
+                "CASA TTFT ms",
+                "ins TTFT ms",
+                "ins/CASA",
+                "CASA dec tok/s",
+                "ins dec tok/s",
+                "CASA state MiB",
+                "ins state MiB",
+                "ins/CASA",
+            ],
+            rows,
+        )
+    )
     summary, span = results["summary"], f"turn {s.turns} / turn {min(8, s.turns)}"
-    print(f"\nCASA TTFT {span}: {summary['casa_latency_last_over_turn8']:.2f}"
-          f"   insertion: {summary['insertion_latency_last_over_turn8']:.2f}"
-          f"   state insertion/CASA at turn {s.turns}: {summary['state_insertion_over_casa_at_last']:.1f}x"
-          f"\nadd_image alone, {span}: CASA {summary['casa_add_image_last_over_turn8']:.2f}"
-          f"   insertion: {summary['insertion_add_image_last_over_turn8']:.2f}")
+    print(
+        f"\nCASA TTFT {span}: {summary['casa_latency_last_over_turn8']:.2f}"
+        f"   insertion: {summary['insertion_latency_last_over_turn8']:.2f}"
+        f"   state insertion/CASA at turn {s.turns}: {summary['state_insertion_over_casa_at_last']:.1f}x"
+        f"\nadd_image alone, {span}: CASA {summary['casa_add_image_last_over_turn8']:.2f}"
+        f"   insertion: {summary['insertion_add_image_last_over_turn8']:.2f}"
+    )
 
 
 def run_stream(s: StreamBenchSettings) -> dict:

@@ -21,6 +21,7 @@ falls back to ru_maxrss - RSS after load (and says so). CUDA: `max_memory_alloca
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import gc
@@ -36,8 +37,18 @@ from pathlib import Path
 
 import torch
 
-from casa_adapter.bench.common import (FUSIONS, build, load_llm, machine, ratio, set_threads, settings_from,
-                                      sync, table, write_json)
+from casa_adapter.bench.common import (
+    FUSIONS,
+    build,
+    load_llm,
+    machine,
+    ratio,
+    set_threads,
+    settings_from,
+    sync,
+    table,
+    write_json,
+)
 
 
 @dataclass
@@ -61,8 +72,10 @@ class TrainBenchSettings:
     every: int = field(default=3, metadata={"help": "CASA in every N-th block"})
     layers: str = field(default="", metadata={"help": "CASA blocks, e.g. 14,17,-1; overrides --every"})
     lora: int = field(default=0, metadata={"help": "LoRA rank on the backbone for both fusions (0: none)"})
-    freeze_marker: bool = field(default=False, metadata={
-        "help": "CASA: keep the image-marker embedding frozen, so backward stops at the lowest CASA block"})
+    freeze_marker: bool = field(
+        default=False,
+        metadata={"help": "CASA: keep the image-marker embedding frozen, so backward stops at the lowest CASA block"},
+    )
     pack: int = field(default=1, metadata={"help": "samples packed in a row (sample_ids; 1: one sample a row)"})
     steps: int = field(default=3, metadata={"help": "timed optimizer steps"})
     warmup: int = field(default=1, metadata={"help": "untimed steps first (their memory counts)"})
@@ -123,10 +136,8 @@ def _status_bytes(key: str) -> int:
 
 
 def _malloc_trim() -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def make_batch(model, p: Preset, seed: int, device: str, pack: int = 1) -> dict:
@@ -140,8 +151,11 @@ def make_batch(model, p: Preset, seed: int, device: str, pack: int = 1) -> dict:
     size = model.vision.image_size
     pixels = torch.rand(p.batch, 3, size, size, generator=gen)  # (B, 3, S, S)
     rows = p.batch // pack
-    batch = {"input_ids": ids.reshape(rows, -1), "labels": labels.reshape(rows, -1),  # (B / pack, pack * t)
-             "images": list(pixels.reshape(rows, pack, 3, size, size))}
+    batch = {
+        "input_ids": ids.reshape(rows, -1),
+        "labels": labels.reshape(rows, -1),  # (B / pack, pack * t)
+        "images": list(pixels.reshape(rows, pack, 3, size, size)),
+    }
     if pack > 1:
         batch["sample_ids"] = torch.arange(1, pack + 1).repeat_interleave(ids.shape[1]).expand(rows, -1)
         batch["position_ids"] = torch.arange(ids.shape[1]).repeat(pack).expand(rows, -1)
@@ -167,11 +181,18 @@ def child(config: dict) -> dict:
     sync(s.device)
     seconds = (time.perf_counter() - start) / max(s.steps, 1)
     tokens = p.batch * (p.text_tokens + p.image_tokens)
-    return {"load_average_1m_at_start": config["load"], "s_per_step": seconds, "tokens_per_s": tokens / seconds,
-            "tokens_per_step": tokens,
-            "peak_bytes": meter.peak_bytes(), "memory_method": meter.method, "loss": losses[-1] if losses else None,
-            "trainable": sum(q.numel() for q in model.parameters() if q.requires_grad), "kernel": model.settings.kernel,
-            "casa_layers": model.layer_indices}
+    return {
+        "load_average_1m_at_start": config["load"],
+        "s_per_step": seconds,
+        "tokens_per_s": tokens / seconds,
+        "tokens_per_step": tokens,
+        "peak_bytes": meter.peak_bytes(),
+        "memory_method": meter.method,
+        "loss": losses[-1] if losses else None,
+        "trainable": sum(q.numel() for q in model.parameters() if q.requires_grad),
+        "kernel": model.settings.kernel,
+        "casa_layers": model.layer_indices,
+    }
 
 
 def _prime(model, batch: dict) -> None:
@@ -192,10 +213,15 @@ def _step(model, opt, batch: dict) -> float:
 
 def run_child(s: TrainBenchSettings, fusion: str, p: Preset) -> dict:
     """`child()` in a fresh Python process; its result comes back as the last stdout line."""
-    config = {"settings": dataclasses.asdict(s), "fusion": fusion, "preset": dataclasses.asdict(p),
-              "load": os.getloadavg()[0]}
-    proc = subprocess.run([sys.executable, "-m", "casa_adapter.bench.train", json.dumps(config)],
-                          capture_output=True, text=True)
+    config = {
+        "settings": dataclasses.asdict(s),
+        "fusion": fusion,
+        "preset": dataclasses.asdict(p),
+        "load": os.getloadavg()[0],
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "casa_adapter.bench.train", json.dumps(config)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"bench train child ({fusion}, {p}) failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -204,8 +230,13 @@ def run_child(s: TrainBenchSettings, fusion: str, p: Preset) -> dict:
 def run_train(s: TrainBenchSettings) -> dict:
     """Every selected preset x both fusions; the result dict written as JSON."""
     names = list(PRESETS) if s.preset == "both" else [s.preset]
-    results = {"bench": "train", "settings": dataclasses.asdict(s), "machine": machine(s.device), "results": {},
-               "summary": {}}
+    results = {
+        "bench": "train",
+        "settings": dataclasses.asdict(s),
+        "machine": machine(s.device),
+        "results": {},
+        "summary": {},
+    }
     for name in names:
         p = s.workload(name)
         print(f"bench train: {name} {p} ...", flush=True)
@@ -214,7 +245,8 @@ def run_train(s: TrainBenchSettings) -> dict:
         casa, ins = runs["casa"], runs["insertion"]
         results["summary"][name] = {
             "memory_casa_over_insertion": ratio(casa["peak_bytes"], ins["peak_bytes"]),
-            "tokens_per_s_casa_over_insertion": ratio(casa["tokens_per_s"], ins["tokens_per_s"])}
+            "tokens_per_s_casa_over_insertion": ratio(casa["tokens_per_s"], ins["tokens_per_s"]),
+        }
     results["memory_method"] = runs["casa"]["memory_method"]
     return results
 
@@ -226,8 +258,16 @@ def print_table(results: dict) -> None:
             r = runs[fusion]
             rows.append([name, fusion, r["s_per_step"], r["tokens_per_s"], r["peak_bytes"] / 2**20, r["trainable"]])
         summary = results["summary"][name]
-        rows.append([name, "CASA/ins", "", summary["tokens_per_s_casa_over_insertion"],
-                     summary["memory_casa_over_insertion"], ""])
+        rows.append(
+            [
+                name,
+                "CASA/ins",
+                "",
+                summary["tokens_per_s_casa_over_insertion"],
+                summary["memory_casa_over_insertion"],
+                "",
+            ]
+        )
     print(table(["preset", "fusion", "s/step", "tokens/s", "peak MiB over loaded", "trainable"], rows))
     print(f"\nmemory: {results['memory_method']}")
 

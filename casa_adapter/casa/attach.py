@@ -78,19 +78,29 @@ def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
     marker = llm.get_input_embeddings().marker_id
     ids = torch.tensor([[0, marker]], device=ref.device)
     one = torch.ones(1, 1, dtype=torch.long, device=ref.device)
-    inputs = CasaInputs(torch.tensor([[0, 1]], device=ref.device), torch.tensor([[0, 1]], device=ref.device),
-                        torch.zeros(1, 1, llm.config.hidden_size, device=ref.device, dtype=ref.dtype), one, one)
+    inputs = CasaInputs(
+        torch.tensor([[0, 1]], device=ref.device),
+        torch.tensor([[0, 1]], device=ref.device),
+        torch.zeros(1, 1, llm.config.hidden_size, device=ref.device, dtype=ref.dtype),
+        one,
+        one,
+    )
     reached: list[int] = []
     blocks = decoder_blocks(llm, spec)
-    hooks = [getattr(blocks[i], spec.attention).register_forward_pre_hook(
-        lambda m, a, kw, i=i: reached.append(i) if kw.get("casa_inputs") is not None else None, with_kwargs=True)
-        for i in indices]
+    hooks = [
+        getattr(blocks[i], spec.attention).register_forward_pre_hook(
+            lambda m, a, kw, i=i: reached.append(i) if kw.get("casa_inputs") is not None else None, with_kwargs=True
+        )
+        for i in indices
+    ]
     try:
         with torch.no_grad():
             llm(input_ids=ids, casa_inputs=inputs, use_cache=False)
     except Exception as e:
-        raise UnsupportedModelError(f"model_type {llm.config.model_type!r}: a forward through the CASA layers failed "
-                                    f"({type(e).__name__}: {e}); add a FamilySpec (docs/adding-a-family.md)") from e
+        raise UnsupportedModelError(
+            f"model_type {llm.config.model_type!r}: a forward through the CASA layers failed "
+            f"({type(e).__name__}: {e}); add a FamilySpec (docs/adding-a-family.md)"
+        ) from e
     finally:
         for h in hooks:
             h.remove()
@@ -98,7 +108,8 @@ def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
     if missed:
         raise UnsupportedModelError(
             f"model_type {llm.config.model_type!r}: decoder blocks {missed} do not pass keyword arguments on to their "
-            f"attention, so images cannot reach the CASA layers; this family cannot be wrapped as is")
+            f"attention, so images cannot reach the CASA layers; this family cannot be wrapped as is"
+        )
 
 
 __all__ = ["attach_casa", "casa_blocks", "detach_casa", "layer_indices", "probe_casa"]

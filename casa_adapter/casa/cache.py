@@ -45,7 +45,7 @@ class LayerCache:
         win, idx = layout.k_window, layout.k_index  # (B, K)
         keep = (win == self.last_window.unsqueeze(-1)) & (win > 0)  # (B, K)
         n_keep = int(keep.sum(-1).max())
-        order = torch.argsort(keep.int(), dim=-1, stable=True)[:, keep.shape[1] - n_keep:]  # (B, n_keep) kept last
+        order = torch.argsort(keep.int(), dim=-1, stable=True)[:, keep.shape[1] - n_keep :]  # (B, n_keep) kept last
         gather = order[:, None, :, None].expand(k.shape[0], k.shape[1], n_keep, k.shape[-1])
         self.keys, self.values = k.gather(2, gather), v.gather(2, gather)  # (B, Hkv, n_keep, hd)
         kept = keep.gather(1, order)

@@ -67,7 +67,9 @@ class CasaLayer(nn.Module):
     def _heads(self, x: torch.Tensor, n: int, norm: nn.Module | None) -> torch.Tensor:
         """(B, T, n*hd) -> (B, n, T, hd), applying a per-head or full-width norm."""
         B, T, _ = x.shape
-        per_head = norm is not None and getattr(norm, "weight", None) is not None and norm.weight.numel() == self.head_dim
+        per_head = (
+            norm is not None and getattr(norm, "weight", None) is not None and norm.weight.numel() == self.head_dim
+        )
         if norm is not None and not per_head:
             x = norm(x)
         x = x.view(B, T, n, self.head_dim)  # (B, T, n, hd)
@@ -94,12 +96,15 @@ class CasaLayer(nn.Module):
         if self.rope_fn is None:
             return None, None
         if position_embeddings is None:
-            raise RuntimeError("this family uses RoPE but its attention got no `position_embeddings`: "
-                               "CASA cannot place image keys (see docs/adding-a-family.md)")
+            raise RuntimeError(
+                "this family uses RoPE but its attention got no `position_embeddings`: "
+                "CASA cannot place image keys (see docs/adding-a-family.md)"
+            )
         return position_embeddings
 
-    def forward(self, x: torch.Tensor, inputs: CasaInputs, position_embeddings=None,
-                cache: LayerCache | None = None) -> torch.Tensor | None:
+    def forward(
+        self, x: torch.Tensor, inputs: CasaInputs, position_embeddings=None, cache: LayerCache | None = None
+    ) -> torch.Tensor | None:
         """x (B, T, D) normed hidden states -> CASA output (B, T, D), or None when no query has any key."""
         has_cached = cache is not None and cache.keys is not None
         if not inputs.has_images and not has_cached:

@@ -8,18 +8,15 @@ travels as the model's cache. The state dict keeps the base's keys (`self_attn.q
 `self_attn.sa.q_proj.weight`); the CASA layer's tensors are `self_attn.casa.*`.
 
 Example:
-    >>> import torch, casa_adapter
-    >>> from transformers import LlamaConfig, LlamaForCausalLM
-    >>> llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    ...     num_attention_heads=4, num_key_value_heads=2, vocab_size=128))
-    >>> class Tower(torch.nn.Module):
-    ...     embed_dim = 32
-    ...     def forward(self, x): return x.flatten(2)[:, :, :32].transpose(1, 2)[:, :4]  # (B, 4, 32)
-    >>> model = casa_adapter.wrap(llm, vision=Tower(), every=1)
-    >>> type(llm.model.layers[0].self_attn).__name__
-    'CasaAttention'
-    >>> "model.layers.0.self_attn.q_proj.weight" in llm.state_dict()
-    True
+    >>> import casa_adapter
+    >>> from casa_adapter.backbone.base_models import tiny_llm
+    >>> llm = tiny_llm()
+    >>> model = casa_adapter.wrap(llm, vision="siglip-tiny", pretrained=False, layers=[-1])
+    >>> attention = llm.model.layers[-1].self_attn
+    >>> type(attention).__name__, type(attention.sa).__name__, type(attention.casa).__name__
+    ('CasaAttention', 'LlamaAttention', 'OwnProjectionLayer')
+    >>> sorted(k for k in llm.state_dict() if k.startswith("model.layers.3.self_attn.") and "casa" not in k)[:2]
+    ['model.layers.3.self_attn.k_proj.weight', 'model.layers.3.self_attn.o_proj.weight']
 """
 
 from __future__ import annotations

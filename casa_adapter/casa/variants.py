@@ -62,7 +62,9 @@ class SharedProjectionLayer(CasaLayer):
     def __init__(self, access: AttentionAccess, layer_idx: int, settings: CasaSettings):
         super().__init__(access, layer_idx, settings)
         ref = next(access.attn.parameters())
-        self.gate = nn.Parameter(torch.tensor(0.0 if settings.init == "zero" else 1.0, dtype=ref.dtype, device=ref.device))
+        self.gate = nn.Parameter(
+            torch.tensor(0.0 if settings.init == "zero" else 1.0, dtype=ref.dtype, device=ref.device)
+        )
         self._access = (access,)  # a tuple: SA and its norms stay out of this module's parameters
         self._norms = access.live_norms()
 

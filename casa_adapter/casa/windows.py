@@ -40,11 +40,16 @@ class CasaInputs:
     def has_images(self) -> bool:
         return self.image_tokens is not None and self.image_tokens.shape[1] > 0
 
-    def expand(self, n: int) -> "CasaInputs":
+    def expand(self, n: int) -> CasaInputs:
         """Repeat each row n times (num_beams / num_return_sequences)."""
         rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)
-        return CasaInputs(rep(self.text_windows), rep(self.text_index), rep(self.image_tokens),
-                          rep(self.image_windows), rep(self.image_start))
+        return CasaInputs(
+            rep(self.text_windows),
+            rep(self.text_index),
+            rep(self.image_tokens),
+            rep(self.image_windows),
+            rep(self.image_start),
+        )
 
     def key_layout(self, cached: tuple[torch.Tensor, torch.Tensor] | None, text_keys: bool) -> KeyLayout:
         """The `KeyLayout` of keys [cached ; this call's images ; this call's text if `text_keys`] for this
@@ -59,13 +64,22 @@ class CasaInputs:
                 parts.append((self.image_windows, self.text_index.gather(1, self.image_start)))  # (B, I) x2
             if text_keys:
                 parts.append((self.text_windows, self.text_index))
-            self._layouts[key] = KeyLayout(self.text_windows, self.text_index, torch.cat([w for w, _ in parts], 1),
-                                           torch.cat([i for _, i in parts], 1))  # keys (B, K)
+            self._layouts[key] = KeyLayout(
+                self.text_windows,
+                self.text_index,
+                torch.cat([w for w, _ in parts], 1),
+                torch.cat([i for _, i in parts], 1),
+            )  # keys (B, K)
         return self._layouts[key]
 
 
-def marker_windows(input_ids: torch.Tensor, image_token_id: int, attention_mask: torch.Tensor | None = None,
-                   sample_ids: torch.Tensor | None = None, first_window: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def marker_windows(
+    input_ids: torch.Tensor,
+    image_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+    sample_ids: torch.Tensor | None = None,
+    first_window: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Window id of every token and the run-start flags.
 
     input_ids (B, T) -> (windows (B, T) long, run_start (B, T) bool). A marker run starts a new window;
@@ -86,9 +100,15 @@ def marker_windows(input_ids: torch.Tensor, image_token_id: int, attention_mask:
     return windows, run_start
 
 
-def build_inputs(input_ids: torch.Tensor, image_token_id: int, image_features: list[torch.Tensor | None],
-                 attention_mask: torch.Tensor | None = None, sample_ids: torch.Tensor | None = None,
-                 first_window: int = 1, first_index: int = 0) -> CasaInputs:
+def build_inputs(
+    input_ids: torch.Tensor,
+    image_token_id: int,
+    image_features: list[torch.Tensor | None],
+    attention_mask: torch.Tensor | None = None,
+    sample_ids: torch.Tensor | None = None,
+    first_window: int = 1,
+    first_index: int = 0,
+) -> CasaInputs:
     """CasaInputs for one call.
 
     input_ids (B, T); image_features: per row, (n_markers_in_row, N, D) projected tokens in marker order

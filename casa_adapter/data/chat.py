@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from casa_adapter.processor import normalize_chat
+from casa_adapter.messages import normalize_chat
 
 IMAGE = "<image>"
 VIDEO = "<video>"

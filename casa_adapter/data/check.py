@@ -19,9 +19,9 @@ from PIL import Image
 from casa_adapter.data.chat import SampleError
 from casa_adapter.data.counters import REASONS, BadEvent, BadSampleCounter
 from casa_adapter.data.decode import DecodeSettings, encode, validate
-from casa_adapter.progress import progress_bar
 from casa_adapter.data.shards import ShardReader, index_shard
 from casa_adapter.data.sources import expand_shards
+from casa_adapter.progress import progress_bar
 
 MAX_EXAMPLES = 5
 
@@ -37,10 +37,16 @@ class CheckReport:
 
     def as_dict(self) -> dict[str, Any]:
         c = self.counter
-        return {"shards": self.shards, "samples": c.good + c.n_bad, "good": c.good, "bad": c.n_bad,
-                "truncated": c.truncated, "bad_fraction": round(c.bad_fraction, 6),
-                "reasons": dict(sorted(c.bad.items())),
-                "examples": dict(sorted(self.examples.items()))}
+        return {
+            "shards": self.shards,
+            "samples": c.good + c.n_bad,
+            "good": c.good,
+            "bad": c.n_bad,
+            "truncated": c.truncated,
+            "bad_fraction": round(c.bad_fraction, 6),
+            "reasons": dict(sorted(c.bad.items())),
+            "examples": dict(sorted(self.examples.items())),
+        }
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -48,8 +54,9 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
-def check_shards(specs: list[str], settings: DecodeSettings, processor: Any = None,
-                 show_progress: bool = True) -> CheckReport:
+def check_shards(
+    specs: list[str], settings: DecodeSettings, processor: Any = None, show_progress: bool = True
+) -> CheckReport:
     """Check every sample of the shards `specs` expand to (see `sources.expand_shards`)."""
     report, reader = CheckReport(), ShardReader()
     paths = [path for spec in specs for path in expand_shards(spec)]
@@ -74,8 +81,10 @@ def check_shards(specs: list[str], settings: DecodeSettings, processor: Any = No
 def format_report(report: CheckReport) -> str:
     """A plain-text table: totals, then count and meaning per reason."""
     d = report.as_dict()
-    lines = [f"shards: {d['shards']}  samples: {d['samples']}  good: {d['good']}  bad: {d['bad']} "
-             f"({d['bad_fraction']:.2%})  truncated: {d['truncated']}"]
+    lines = [
+        f"shards: {d['shards']}  samples: {d['samples']}  good: {d['good']}  bad: {d['bad']} "
+        f"({d['bad_fraction']:.2%})  truncated: {d['truncated']}"
+    ]
     for reason, n in d["reasons"].items():
         lines.append(f"  {reason:<22}{n:>8}  {REASONS[reason]}")
         lines += [f"  {'':<22}{'':>8}  e.g. {example}" for example in d["examples"][reason][:2]]

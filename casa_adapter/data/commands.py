@@ -1,9 +1,9 @@
 """`casa-adapter data ...`: check shards, convert LLaVA json / image folders, make the demo set.
 
-    casa-adapter data check SHARDS... [--json PATH] [--tokenizer DIR --max-tokens N --image-tokens N]
-    casa-adapter data convert llava --json FILE --images DIR --out DIR [--maxcount N]
-    casa-adapter data convert folder --images DIR --out DIR [--prompt TEXT] [--maxcount N]
-    casa-adapter data make-demo --out DIR [--seed S --train N --val N --image-size PX --qtypes a,b]
+casa-adapter data check SHARDS... [--json PATH] [--tokenizer DIR --max-tokens N --image-tokens N]
+casa-adapter data convert llava --json FILE --images DIR --out DIR [--maxcount N]
+casa-adapter data convert folder --images DIR --out DIR [--prompt TEXT] [--maxcount N]
+casa-adapter data make-demo --out DIR [--seed S --train N --val N --image-size PX --qtypes a,b]
 """
 
 from __future__ import annotations
@@ -91,11 +91,20 @@ def _make_demo(args: argparse.Namespace) -> int:
     from casa_adapter.data.make_demo import DemoSettings, make_demo
 
     qtypes = tuple(q.strip() for q in args.qtypes.split(",") if q.strip())
-    settings = DemoSettings(out=args.out, seed=args.seed, train=args.train, val=args.val,
-                            image_size=args.image_size, qtypes=qtypes, maxcount=args.maxcount)
+    settings = DemoSettings(
+        out=args.out,
+        seed=args.seed,
+        train=args.train,
+        val=args.val,
+        image_size=args.image_size,
+        qtypes=qtypes,
+        maxcount=args.maxcount,
+    )
     meta = make_demo(settings, show_progress=not args.quiet)
-    print(f"wrote {args.train} train + {args.val} val samples to {args.out} (chance {meta['chance']:.1%}; "
-          f"text-only baseline on val: {meta['text_only_val_accuracy']})")
+    print(
+        f"wrote {args.train} train + {args.val} val samples to {args.out} (chance {meta['chance']:.1%}; "
+        f"text-only baseline on val: {meta['text_only_val_accuracy']})"
+    )
     return 0
 
 

@@ -18,8 +18,8 @@ from collections import Counter
 from PIL import Image
 
 from casa_adapter.data.chat import IMAGE, IMAGE_EXTS, dumps
-from casa_adapter.progress import progress_bar
 from casa_adapter.data.writer import ShardSink, safe_key
+from casa_adapter.progress import progress_bar
 
 log = logging.getLogger("casa_adapter.data")
 CAPTION_PROMPT = "Describe the image."
@@ -121,8 +121,9 @@ def caption_pairs(folder: str) -> list[tuple[str, str | None]]:
     return pairs
 
 
-def convert_folder(images: str, out: str, prompt: str = CAPTION_PROMPT, maxcount: int = 1000,
-                   show_progress: bool = True) -> Counter:
+def convert_folder(
+    images: str, out: str, prompt: str = CAPTION_PROMPT, maxcount: int = 1000, show_progress: bool = True
+) -> Counter:
     """Image + caption pairs (`x.jpg` + `x.txt`) -> captioning chats in shards. Returns counts."""
     pairs = caption_pairs(images)
     summary: Counter = Counter()
@@ -142,8 +143,10 @@ def convert_folder(images: str, out: str, prompt: str = CAPTION_PROMPT, maxcount
                 summary[f"skipped/{reason}"] += 1
                 log.warning("convert folder: skipped %r: %s (%s)", ident, reason, e)
                 continue
-            record = {"id": ident, "messages": [{"role": "user", "content": f"{IMAGE}\n{prompt}"},
-                                                {"role": "assistant", "content": text}]}
+            record = {
+                "id": ident,
+                "messages": [{"role": "user", "content": f"{IMAGE}\n{prompt}"}, {"role": "assistant", "content": text}],
+            }
             sink.write(_unique(safe_key(ident), seen), {"json": dumps(record), **members})
             summary["written"] += 1
     summary["shards"] = sink.shards

@@ -46,8 +46,14 @@ class CasaDataModule(L.LightningDataModule):
             `train` / `val` then default to its `train/` and `val/` folders.
     """
 
-    def __init__(self, train: Any = None, val: Any = None, settings: DataSettings | None = None,
-                 processor: Any = None, demo: DemoSettings | None = None) -> None:
+    def __init__(
+        self,
+        train: Any = None,
+        val: Any = None,
+        settings: DataSettings | None = None,
+        processor: Any = None,
+        demo: DemoSettings | None = None,
+    ) -> None:
         super().__init__()
         self.demo = demo
         if demo is not None:  # generated in prepare_data; sources are resolved once the files exist
@@ -88,8 +94,10 @@ class CasaDataModule(L.LightningDataModule):
                 tokens = vision.num_tokens()
             self.settings = dataclasses.replace(self.settings, image_tokens=tokens)
         if self.processor is None or self.settings.image_tokens is None:
-            raise ValueError("CasaDataModule needs a processor and settings.image_tokens, given or found on the "
-                             "LightningModule (`processor`, `image_tokens` or `model.vision.num_tokens()`)")
+            raise ValueError(
+                "CasaDataModule needs a processor and settings.image_tokens, given or found on the "
+                "LightningModule (`processor`, `image_tokens` or `model.vision.num_tokens()`)"
+            )
 
     def _loader(self, sources: list, train: bool, rank: int, world: int) -> BatchLoader:
         indexes = [SourceIndex.build(source) for source in sources]

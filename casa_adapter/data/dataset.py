@@ -31,8 +31,16 @@ _MIN_BAD_RUN = 1000
 class BatchStream(IterableDataset):
     """Batches of one rank's share of the data; see the module docstring."""
 
-    def __init__(self, indexes: list[SourceIndex], weights: list[float], processor: Any, settings: DataSettings,
-                 train: bool, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        indexes: list[SourceIndex],
+        weights: list[float],
+        processor: Any,
+        settings: DataSettings,
+        train: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.indexes, self.weights, self.processor, self.settings = indexes, weights, processor, settings
         self.train, self.rank, self.world_size = train, rank, world_size
         self.start_positions: dict[int, int] = {}
@@ -76,7 +84,7 @@ class BatchStream(IterableDataset):
     def _batches(self, slot: int, draws: Iterator[tuple[int, int, int]]) -> Iterator[dict]:
         s = self.settings
         events: list[tuple[int, BadEvent]] = []
-        cost = lambda item: item[1].cost(s.image_tokens)  # noqa: E731
+        cost = lambda item: item[1].cost(s.image_tokens)
         rows: list[list[tuple[int, Sample]]] = []
         last_draw = -1
         for row in pack_rows(self._samples(draws, events), cost, s.max_tokens, s.packing):

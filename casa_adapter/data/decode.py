@@ -20,7 +20,6 @@ from casa_adapter.data.chat import Chat, SampleError, parse_json, read_chat
 from casa_adapter.data.shards import SampleRef
 from casa_adapter.processor import IGNORE_INDEX
 
-
 BLANK_GREY = (128, 128, 128)
 """The colour of every image under `DecodeSettings.blank_images`."""
 
@@ -99,8 +98,9 @@ def decode_image(data: bytes, name: str) -> Image.Image:
         raise SampleError("corrupt_image", f"{name}: {type(e).__name__}: {e}") from None
 
 
-def encode(processor: Any, chat: Chat, images: list[Image.Image], settings: DecodeSettings, source: str,
-           key: str) -> Sample:
+def encode(
+    processor: Any, chat: Chat, images: list[Image.Image], settings: DecodeSettings, source: str, key: str
+) -> Sample:
     """Tokenise with the `Processor`, then apply the length policy."""
     try:
         out = processor({"messages": chat.messages}, images or None)
@@ -129,8 +129,9 @@ def truncate(sample: Sample, image_token_id: int, settings: DecodeSettings) -> S
         length -= 1
     labels = sample.labels[:length]
     if length == 0 or not (labels != IGNORE_INDEX).any():
-        raise SampleError("too_long", f"{sample.cost(settings.image_tokens)} tokens > {settings.max_tokens}, "
-                                      "and no answer token fits")
+        raise SampleError(
+            "too_long", f"{sample.cost(settings.image_tokens)} tokens > {settings.max_tokens}, and no answer token fits"
+        )
     kept = int(markers[length - 1])
     images = None if sample.images is None or kept == 0 else sample.images[:kept]
     return Sample(ids[:length], labels, images, sample.source, sample.key, truncated=True)

@@ -91,8 +91,9 @@ def scatter(rng: random.Random, size: int, specs: list[tuple[str, str]]) -> list
     return [Shape(kind, color, x, y, r) for (kind, color), (x, y, r) in zip(specs, place(rng, size, radii))]
 
 
-def draw_shapes(rng: random.Random, size: int, shapes: list[Shape], bg: tuple[int, int, int] | None = None
-                ) -> Image.Image:
+def draw_shapes(
+    rng: random.Random, size: int, shapes: list[Shape], bg: tuple[int, int, int] | None = None
+) -> Image.Image:
     """The shapes on a background (`bg`, or a random light one)."""
     image = Image.new("RGB", (size, size), bg or background(rng))
     draw = ImageDraw.Draw(image)
@@ -104,8 +105,10 @@ def draw_shapes(rng: random.Random, size: int, shapes: list[Shape], bg: tuple[in
             half = s.r * 0.88
             draw.rectangle((s.x - half, s.y - half, s.x + half, s.y + half), fill=fill)
         else:
-            draw.polygon([(s.x, s.y - s.r), (s.x - s.r * 0.95, s.y + s.r * 0.75), (s.x + s.r * 0.95, s.y + s.r * 0.75)],
-                         fill=fill)
+            draw.polygon(
+                [(s.x, s.y - s.r), (s.x - s.r * 0.95, s.y + s.r * 0.75), (s.x + s.r * 0.95, s.y + s.r * 0.75)],
+                fill=fill,
+            )
     return image
 
 

@@ -75,7 +75,7 @@ def count_color(rng: random.Random, answer: str, size: int) -> Item:
 
 def color_of(rng: random.Random, answer: str, size: int) -> Item:
     kinds = rng.sample(SHAPES, rng.randint(2, 3))
-    colors = [answer] + rng.sample([c for c in COLOR_NAMES if c != answer], len(kinds) - 1)
+    colors = [answer, *rng.sample([c for c in COLOR_NAMES if c != answer], len(kinds) - 1)]
     shapes = scatter(rng, size, list(zip(kinds, colors)))
     return Item([draw_shapes(rng, size, shapes)], f"<image>\nWhat colour is the {kinds[0]}?")
 
@@ -117,7 +117,7 @@ def compare(rng: random.Random, answer: str, size: int) -> Item:
 
 
 def video_color(rng: random.Random, answer: str, size: int) -> Item:
-    colors = rng.sample([c for c in COLOR_NAMES if c != answer], len(FRAME_TIMES) - 1) + [answer]
+    colors = [*rng.sample([c for c in COLOR_NAMES if c != answer], len(FRAME_TIMES) - 1), answer]
     kind, r = rng.choice(SHAPES), radius_mid(size)
     x, y = rng.uniform(20, 44) * size / 64, rng.uniform(20, 44) * size / 64
     bg = background(rng)

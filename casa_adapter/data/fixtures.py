@@ -1,7 +1,7 @@
 """Tiny synthetic shards for tests and examples: good samples, and a corrupt set with every bad reason.
 
-    counts = write_corrupt_set("/tmp/bad")      # {"good": 3, "corrupt_image": 2, ...}
-    $ casa-adapter data check /tmp/bad          # reports the same counts (too_long needs --tokenizer)
+counts = write_corrupt_set("/tmp/bad")      # {"good": 3, "corrupt_image": 2, ...}
+$ casa-adapter data check /tmp/bad          # reports the same counts (too_long needs --tokenizer)
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ def image_bytes(color: str, size: int = 16, fmt: str = "PNG") -> bytes:
 
 
 def qa_json(question: str, answer: str, **extra) -> bytes:
-    return dumps({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-                  **extra})
+    return dumps(
+        {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], **extra}
+    )
 
 
 def colour_sample(i: int, size: int = 16, n_images: int = 1) -> dict[str, bytes]:
@@ -59,19 +60,35 @@ def _bad_samples(size: int) -> list[tuple[str, str, dict[str, bytes]]]:
         ("corrupt_image", "corrupt_png", {"json": qa_json(good_q, "red"), "png": png[:20] + b"\0" * 40 + png[60:]}),
         ("corrupt_image", "truncated_jpeg", {"json": qa_json(good_q, "blue"), "jpg": jpeg[: len(jpeg) // 2]}),
         ("missing_image", "no_image", {"json": qa_json(good_q, "red")}),
-        ("missing_image", "gap_in_numbers", {"json": qa_json("<image><image>\nWhich?", "red"), "0.png": png,
-                                             "2.png": png}),
-        ("image_count_mismatch", "two_images_one_placeholder", {"json": qa_json(good_q, "red"), "0.png": png,
-                                                                "1.png": png}),
+        (
+            "missing_image",
+            "gap_in_numbers",
+            {"json": qa_json("<image><image>\nWhich?", "red"), "0.png": png, "2.png": png},
+        ),
+        (
+            "image_count_mismatch",
+            "two_images_one_placeholder",
+            {"json": qa_json(good_q, "red"), "0.png": png, "1.png": png},
+        ),
         ("missing_json", "image_only", {"png": png}),
         ("empty_json", "empty", {"json": b"", "png": png}),
         ("invalid_json", "broken", {"json": b'{"messages": [', "png": png}),
         ("not_utf8", "latin1_bytes", {"json": '{"messages": "caf\u00e9"}'.encode("latin-1"), "png": png}),
-        ("not_utf8", "lone_surrogate", {"json": b'{"messages": [{"role": "user", "content": "<image>\\ud800"},'
-                                                b' {"role": "assistant", "content": "x"}]}', "png": png}),
+        (
+            "not_utf8",
+            "lone_surrogate",
+            {
+                "json": b'{"messages": [{"role": "user", "content": "<image>\\ud800"},'
+                b' {"role": "assistant", "content": "x"}]}',
+                "png": png,
+            },
+        ),
         ("invalid_chat", "no_chat", {"json": b'{"caption": "a red square"}', "png": png}),
-        ("no_assistant_turn", "user_only", {"json": dumps({"messages": [{"role": "user", "content": good_q}]}),
-                                            "png": png}),
+        (
+            "no_assistant_turn",
+            "user_only",
+            {"json": dumps({"messages": [{"role": "user", "content": good_q}]}), "png": png},
+        ),
         ("too_long", "long_question", {"json": qa_json(good_q + " please" * 400, "red"), "png": png}),
     ]
 

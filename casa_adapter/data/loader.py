@@ -64,8 +64,12 @@ class BatchLoader:
             yield batch
 
     def _local_state(self) -> dict[str, Any]:
-        return {"batches": self.batches, "positions": dict(self.positions), "workers": self.workers,
-                "counter": self.counter.state_dict()}
+        return {
+            "batches": self.batches,
+            "positions": dict(self.positions),
+            "workers": self.workers,
+            "counter": self.counter.state_dict(),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """{"ranks": {rank: state}}, with every rank's state under DDP."""
@@ -83,10 +87,13 @@ class BatchLoader:
         mine = state["ranks"].get(self.stream.rank)
         if state["world_size"] != self.stream.world_size or mine is None:
             saved = f"world size {state['world_size']} (ranks {sorted(state['ranks'])})"
-            raise ValueError(f"loader state saved with {saved} cannot resume rank {self.stream.rank} "
-                             f"of {self.stream.world_size}")
+            raise ValueError(
+                f"loader state saved with {saved} cannot resume rank {self.stream.rank} of {self.stream.world_size}"
+            )
         if mine["workers"] != self.workers:
-            raise ValueError(f"loader state saved with num_workers={mine['workers']}, this run has {self.workers}: "
-                             "the sample order depends on it, so resume with the same num_workers")
+            raise ValueError(
+                f"loader state saved with num_workers={mine['workers']}, this run has {self.workers}: "
+                "the sample order depends on it, so resume with the same num_workers"
+            )
         self.batches, self.positions = mine["batches"], dict(mine["positions"])
         self.counter.load_state_dict(mine["counter"])

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from casa_adapter.data.chat import dumps
 from casa_adapter.data.demo_render import png_bytes
 from casa_adapter.data.demo_tasks import TASKS
-from casa_adapter.progress import progress_bar
 from casa_adapter.data.writer import ShardSink
+from casa_adapter.progress import progress_bar
 
 FORMAT = "casa-demo/1"
 
@@ -94,8 +94,10 @@ def demo_sample(settings: DemoSettings, split: str, i: int) -> tuple[str, dict[s
 
 def _write_split(settings: DemoSettings, split: str, n: int, show: bool) -> list[dict]:
     records = []
-    with ShardSink(os.path.join(settings.out, split), settings.maxcount) as sink, \
-            progress_bar(f"make-demo {split}", n, show) as advance:
+    with (
+        ShardSink(os.path.join(settings.out, split), settings.maxcount) as sink,
+        progress_bar(f"make-demo {split}", n, show) as advance,
+    ):
         for i in range(n):
             key, members, record = demo_sample(settings, split, i)
             sink.write(key, members)
@@ -123,9 +125,15 @@ def make_demo(settings: DemoSettings, show_progress: bool = True) -> dict:
     meta = {
         "format": FORMAT,
         "settings": {**{k: v for k, v in asdict(settings).items() if k != "out"}, "qtypes": list(settings.qtypes)},
-        "qtypes": {q: {"answers": list(TASKS[q].answers), "chance": round(TASKS[q].chance, 4),
-                       "train": sum(r["qtype"] == q for r in train), "val": sum(r["qtype"] == q for r in val)}
-                   for q in settings.qtypes},
+        "qtypes": {
+            q: {
+                "answers": list(TASKS[q].answers),
+                "chance": round(TASKS[q].chance, 4),
+                "train": sum(r["qtype"] == q for r in train),
+                "val": sum(r["qtype"] == q for r in val),
+            }
+            for q in settings.qtypes
+        },
         "chance": round(sum(TASKS[q].chance for q in settings.qtypes) / len(settings.qtypes), 4),
         "text_only_val_accuracy": text_only_accuracy(train, val),
     }
@@ -145,6 +153,8 @@ def ensure_demo(settings: DemoSettings) -> dict:
     wanted = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k != "out"}))
     found = {k: v for k, v in meta.get("settings", {}).items() if k != "out"}
     if found != wanted:
-        raise ValueError(f"{settings.out} holds a demo set made with other settings ({found}) than asked "
-                         f"({wanted}); delete the folder or choose another `out`")
+        raise ValueError(
+            f"{settings.out} holds a demo set made with other settings ({found}) than asked "
+            f"({wanted}); delete the folder or choose another `out`"
+        )
     return meta

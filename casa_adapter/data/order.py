@@ -49,8 +49,9 @@ def shuffled(seq: np.ndarray, rng: np.random.Generator, shuffle_buffer: int | No
     return np.concatenate([np.array(out, dtype=np.int64), tail])
 
 
-def epoch_order(shard_sizes: list[int], seed: int, source: int, epoch: int, slot: int, n_slots: int,
-                shuffle_buffer: int | None) -> np.ndarray:
+def epoch_order(
+    shard_sizes: list[int], seed: int, source: int, epoch: int, slot: int, n_slots: int, shuffle_buffer: int | None
+) -> np.ndarray:
     """The sample indices (into the source's shard-ordered list) this slot reads in `epoch`."""
     starts = np.concatenate([[0], np.cumsum(shard_sizes)]).astype(np.int64)
     shared = np.random.default_rng([seed, _ORDER, source, epoch])
@@ -66,8 +67,16 @@ def epoch_order(shard_sizes: list[int], seed: int, source: int, epoch: int, slot
 class SourceCursor:
     """A slot's endless walk through one source's epochs, starting after `count` samples."""
 
-    def __init__(self, shard_sizes: list[int], seed: int, source: int, slot: int, n_slots: int,
-                 shuffle_buffer: int | None, count: int = 0) -> None:
+    def __init__(
+        self,
+        shard_sizes: list[int],
+        seed: int,
+        source: int,
+        slot: int,
+        n_slots: int,
+        shuffle_buffer: int | None,
+        count: int = 0,
+    ) -> None:
         self._order_args = (shard_sizes, seed, source)
         self._slot, self._n_slots, self._buffer = slot, n_slots, shuffle_buffer
         self.epoch, self._seq = -1, np.empty(0, dtype=np.int64)
@@ -102,8 +111,15 @@ def mixture_choices(weights: list[float], seed: int, slot: int, block: int) -> n
 class MixtureStream:
     """A slot's endless training stream over weighted sources; see the module docstring."""
 
-    def __init__(self, shard_sizes: list[list[int]], weights: list[float], seed: int, slot: int, n_slots: int,
-                 shuffle_buffer: int | None) -> None:
+    def __init__(
+        self,
+        shard_sizes: list[list[int]],
+        weights: list[float],
+        seed: int,
+        slot: int,
+        n_slots: int,
+        shuffle_buffer: int | None,
+    ) -> None:
         self.shard_sizes, self.weights, self.seed = shard_sizes, weights, seed
         self.slot, self.n_slots, self.shuffle_buffer = slot, n_slots, shuffle_buffer
 
@@ -118,8 +134,10 @@ class MixtureStream:
     def draws(self, start: int = 0) -> Iterator[tuple[int, int, int]]:
         """(draw index, source, sample index) from draw `start` on, forever."""
         counts = self.source_counts(start) if len(self.weights) > 1 else [start]
-        cursors = [SourceCursor(sizes, self.seed, s, self.slot, self.n_slots, self.shuffle_buffer, int(c))
-                   for s, (sizes, c) in enumerate(zip(self.shard_sizes, counts))]
+        cursors = [
+            SourceCursor(sizes, self.seed, s, self.slot, self.n_slots, self.shuffle_buffer, int(c))
+            for s, (sizes, c) in enumerate(zip(self.shard_sizes, counts))
+        ]
         draw = start
         while True:
             block, within = divmod(draw, _BLOCK)

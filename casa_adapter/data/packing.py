@@ -33,8 +33,9 @@ Item = TypeVar("Item")
 BATCH_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "sample_ids", "images")
 
 
-def pack_rows(items: Iterable[Item], cost: Callable[[Item], int], max_tokens: int,
-              packing: bool = True) -> Iterator[list[Item]]:
+def pack_rows(
+    items: Iterable[Item], cost: Callable[[Item], int], max_tokens: int, packing: bool = True
+) -> Iterator[list[Item]]:
     """Group items, in order, into rows: greedy while the summed `cost` stays within `max_tokens`
     (packing), or one item per row."""
     row: list[Item] = []
@@ -81,8 +82,10 @@ def _row_images(rows: list[list[Sample]]) -> list[torch.Tensor] | None:
         return None
     # numpy's single-threaded copy: torch.cat of this size goes multi-threaded, and in a process that also
     # runs a tokenizer's thread pool (num_workers=0) that was measured up to 100x slower
-    return [torch.from_numpy(np.concatenate([p.numpy() for p in parts])) if parts else torch.zeros((0, *shape))
-            for parts in stacks]  # (n_row, 3, H, W)
+    return [
+        torch.from_numpy(np.concatenate([p.numpy() for p in parts])) if parts else torch.zeros((0, *shape))
+        for parts in stacks
+    ]  # (n_row, 3, H, W)
 
 
 def unpack_row(batch: dict, row: int, image_token_id: int) -> list[dict]:

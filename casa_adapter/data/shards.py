@@ -142,7 +142,7 @@ class ShardReader:
         if path not in self._files:
             if len(self._files) >= self.max_open:
                 self._files.pop(next(iter(self._files))).close()
-            self._files[path] = open(path, "rb")
+            self._files[path] = open(path, "rb")  # noqa: SIM115 - kept open for later reads, closed on eviction
         return self._files[path]
 
     def __getstate__(self) -> dict:

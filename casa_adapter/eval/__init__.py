@@ -14,8 +14,8 @@ question type. docs/evaluation.md tells the whole story.
 - `report`: scores overall and per question type, the table, the results JSON;
 - `command`: `main(argv)`, the command line.
 
-    >>> from casa_adapter.eval import main
-    >>> main(["--adapter", "runs/demo/adapter/final", "--base", "smollm2-135m", "--shards", "data/demo/val"])  # doctest: +SKIP
+    from casa_adapter.eval import main
+    main(["--adapter", "runs/demo/adapter/final", "--base", "smollm2-135m", "--shards", "data/demo/val"])
 """
 
 from casa_adapter.eval.command import main

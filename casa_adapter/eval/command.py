@@ -1,9 +1,9 @@
 """`casa-adapter eval`: argument parsing and the run of one evaluation (see docs/evaluation.md).
 
-    casa-adapter eval --adapter DIR --base NAME_OR_PATH --shards SPEC [--shards SPEC ...]
-                      [--out preds.jsonl] [--metrics exact_match,vqa,anls,relaxed] [--max-new-tokens 16]
-                      [--batch-size 8] [--limit N] [--system-prompt TEXT] [--json PATH] [--quiet]
-    casa-adapter eval --recipe RECIPE.yaml [--adapter DIR] [--shards SPEC ...] [...]
+casa-adapter eval --adapter DIR --base NAME_OR_PATH --shards SPEC [--shards SPEC ...]
+                  [--out preds.jsonl] [--metrics exact_match,vqa,anls,relaxed] [--max-new-tokens 16]
+                  [--batch-size 8] [--limit N] [--system-prompt TEXT] [--json PATH] [--quiet]
+casa-adapter eval --recipe RECIPE.yaml [--adapter DIR] [--shards SPEC ...] [...]
 """
 
 from __future__ import annotations
@@ -25,29 +25,61 @@ from casa_adapter.processor import Processor
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="casa-adapter eval", description=(
-        "Generate answers for every sample of WebDataset shards, write them as JSONL and print VQA metrics "
-        "overall and per question type (docs/evaluation.md)."))
+    p = argparse.ArgumentParser(
+        prog="casa-adapter eval",
+        description=(
+            "Generate answers for every sample of WebDataset shards, write them as JSONL and print VQA metrics "
+            "overall and per question type (docs/evaluation.md)."
+        ),
+    )
     p.add_argument("--adapter", metavar="DIR", help="adapter directory (manifest.json + adapter.safetensors)")
-    p.add_argument("--base", metavar="NAME_OR_PATH", help="the adapter's base LLM: 'smollm2-135m', 'tiny', a local HF folder, a .gguf file "
-                                  "or a cached hub id")
-    p.add_argument("--recipe", metavar="RECIPE.yaml", help="training recipe YAML: evaluate its model (untrained unless it names an "
-                                    "adapter; --adapter/--base replace the recipe's)")
-    p.add_argument("--shards", action="append", metavar="SPEC", help="shard spec (path, brace pattern, glob, folder); repeatable. "
-                                                     "Default with --recipe: the recipe's validation data")
+    p.add_argument(
+        "--base",
+        metavar="NAME_OR_PATH",
+        help="the adapter's base LLM: 'smollm2-135m', 'tiny', a local HF folder, a .gguf file or a cached hub id",
+    )
+    p.add_argument(
+        "--recipe",
+        metavar="RECIPE.yaml",
+        help="training recipe YAML: evaluate its model (untrained unless it names an "
+        "adapter; --adapter/--base replace the recipe's)",
+    )
+    p.add_argument(
+        "--shards",
+        action="append",
+        metavar="SPEC",
+        help="shard spec (path, brace pattern, glob, folder); repeatable. "
+        "Default with --recipe: the recipe's validation data",
+    )
     p.add_argument("--out", default="preds.jsonl", metavar="PATH", help="predictions JSONL (default: preds.jsonl)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the metrics as JSON here")
-    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), metavar="NAMES",
-                   help="comma-separated metric names or aliases (default: %(default)s)")
+    p.add_argument(
+        "--metrics",
+        default=",".join(DEFAULT_METRICS),
+        metavar="NAMES",
+        help="comma-separated metric names or aliases (default: %(default)s)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=16, metavar="N", help="greedy tokens per answer (default: 16)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="samples per generate call (default: 8)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate at most N samples")
-    p.add_argument("--system-prompt", metavar="TEXT", help="system message for chats without one ('' for an empty one); default: "
-                                           "the recipe's, else the chat template's own behaviour")
-    p.add_argument("--video-fps", type=float, metavar="F", help="video frames kept per second (default: the recipe's, else 2)")
-    p.add_argument("--max-frames", type=int, metavar="N", help="most frames kept per video (default: the recipe's, else 16)")
-    p.add_argument("--blank-images", action="store_true", help="replace every image by a grey one (the text-only control; "
-                                                             "default: the recipe's data.settings.blank_images)")
+    p.add_argument(
+        "--system-prompt",
+        metavar="TEXT",
+        help="system message for chats without one ('' for an empty one); default: "
+        "the recipe's, else the chat template's own behaviour",
+    )
+    p.add_argument(
+        "--video-fps", type=float, metavar="F", help="video frames kept per second (default: the recipe's, else 2)"
+    )
+    p.add_argument(
+        "--max-frames", type=int, metavar="N", help="most frames kept per video (default: the recipe's, else 16)"
+    )
+    p.add_argument(
+        "--blank-images",
+        action="store_true",
+        help="replace every image by a grey one (the text-only control; "
+        "default: the recipe's data.settings.blank_images)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -58,13 +90,22 @@ def eval_settings(args: argparse.Namespace, recipe: Recipe | None) -> EvalSettin
     shards = args.shards or (recipe.val if recipe else [])
     if not shards:
         raise ValueError("give --shards SPEC (or a --recipe with validation data)")
-    optional = {"video_fps": args.video_fps if args.video_fps is not None else decode.get("video_fps"),
-                "max_frames": args.max_frames if args.max_frames is not None else decode.get("max_frames"),
-                "blank_images": True if args.blank_images else decode.get("blank_images")}
-    return EvalSettings(shards=shards, out=args.out, json_path=args.json_path,
-                        metrics=tuple(canonical_name(m) for m in args.metrics.split(",") if m.strip()),
-                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
-                        show_progress=not args.quiet, **{k: v for k, v in optional.items() if v is not None})
+    optional = {
+        "video_fps": args.video_fps if args.video_fps is not None else decode.get("video_fps"),
+        "max_frames": args.max_frames if args.max_frames is not None else decode.get("max_frames"),
+        "blank_images": True if args.blank_images else decode.get("blank_images"),
+    }
+    return EvalSettings(
+        shards=shards,
+        out=args.out,
+        json_path=args.json_path,
+        metrics=tuple(canonical_name(m) for m in args.metrics.split(",") if m.strip()),
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        show_progress=not args.quiet,
+        **{k: v for k, v in optional.items() if v is not None},
+    )
 
 
 def system_prompt(args: argparse.Namespace, recipe: Recipe | None) -> dict:

@@ -57,9 +57,12 @@ def model_settings(block: dict | None) -> ModelSettings:
     if isinstance(vision, str):
         vision = {"name": vision}
     lora = block.pop("lora", None)
-    return ModelSettings(casa=CasaSettings.from_dict(block.pop("casa", None) or {}),
-                         vision=VisionSettings.from_dict(vision or {}),
-                         lora=LoraSettings.from_dict(lora) if lora else None, **block)
+    return ModelSettings(
+        casa=CasaSettings.from_dict(block.pop("casa", None) or {}),
+        vision=VisionSettings.from_dict(vision or {}),
+        lora=LoraSettings.from_dict(lora) if lora else None,
+        **block,
+    )
 
 
 def _val_specs(data: dict) -> list[str]:
@@ -82,8 +85,12 @@ def read_recipe(path: str) -> Recipe:
     module = _args(recipe.get("model")) or {}
     data = _args(recipe.get("data")) or {}
     settings = _args(data.get("settings")) or {}
-    return Recipe(model=model_settings(module.get("model")), system_prompt=module.get("system_prompt"),
-                  val=_val_specs(data), decode={k: settings[k] for k in ("video_fps", "max_frames", "blank_images") if k in settings})
+    return Recipe(
+        model=model_settings(module.get("model")),
+        system_prompt=module.get("system_prompt"),
+        val=_val_specs(data),
+        decode={k: settings[k] for k in ("video_fps", "max_frames", "blank_images") if k in settings},
+    )
 
 
 def check_adapter(directory: str) -> dict:
@@ -96,7 +103,8 @@ def check_adapter(directory: str) -> dict:
         raise AdapterError(
             f"{directory}: trained with a custom vision tower ({vision.get('class')}), which the command line cannot "
             "rebuild. Evaluate from Python instead: model = casa_adapter.load_adapter(DIR, llm, vision=tower), then "
-            "casa_adapter.eval.evaluate(model, Processor.from_model(model, tokenizer), EvalSettings(shards=[...])).")
+            "casa_adapter.eval.evaluate(model, Processor.from_model(model, tokenizer), EvalSettings(shards=[...]))."
+        )
     return manifest
 
 

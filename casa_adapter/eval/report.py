@@ -52,8 +52,10 @@ class Scoreboard:
 
     def results(self) -> dict:
         """`{"overall": {...}, "qtypes": {qtype: {...}}}`, each with `count` and one float per metric."""
-        return {"overall": self._row(self.count, self.overall),
-                "qtypes": {q: self._row(self.qtype_counts[q], m) for q, m in sorted(self.by_qtype.items())}}
+        return {
+            "overall": self._row(self.count, self.overall),
+            "qtypes": {q: self._row(self.qtype_counts[q], m) for q, m in sorted(self.by_qtype.items())},
+        }
 
     def _row(self, count: int, metrics: MetricCollection) -> dict:
         """Count and scores (in the order the metrics were named; 0 before any item)."""
@@ -91,5 +93,10 @@ def print_results(results: dict, console: Console | None = None) -> None:
 
 def sample_counts(counter: BadSampleCounter) -> dict:
     """The `samples` entry of the results: good / bad counts, bad ones by reason, good ones by source."""
-    return {"good": counter.good, "bad": counter.n_bad, "bad_fraction": round(counter.bad_fraction, 6),
-            "reasons": dict(sorted(counter.bad.items())), "sources": dict(counter.sources)}
+    return {
+        "good": counter.good,
+        "bad": counter.n_bad,
+        "bad_fraction": round(counter.bad_fraction, 6),
+        "reasons": dict(sorted(counter.bad.items())),
+        "sources": dict(counter.sources),
+    }

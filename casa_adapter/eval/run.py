@@ -1,7 +1,7 @@
 """The evaluation loop: samples in order -> left-padded batches -> greedy `generate` -> JSONL + scores.
 
-    >>> results = evaluate(model, Processor.from_model(model, tokenizer), EvalSettings(shards=["data/demo/val"]))  # doctest: +SKIP
-    >>> results["overall"]["exact_match"]  # doctest: +SKIP
+results = evaluate(model, Processor.from_model(model, tokenizer), EvalSettings(shards=["data/demo/val"]))
+results["overall"]["exact_match"]
 """
 
 from __future__ import annotations
@@ -9,15 +9,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from casa_adapter.atomic import atomic_file
-
 from casa_adapter.data.counters import BadSampleCounter
 from casa_adapter.data.decode import DecodeSettings
 from casa_adapter.data.shards import SourceIndex
@@ -46,15 +43,22 @@ def until_stop(row: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_answers(model: Any, processor: Any, inputs: list[dict], max_new_tokens: int,
-                     stop_ids: list[int]) -> list[str]:
+def generate_answers(
+    model: Any, processor: Any, inputs: list[dict], max_new_tokens: int, stop_ids: list[int]
+) -> list[str]:
     """Greedy answers for processed prompts (one left-padded batch), decoded and stripped."""
     batch = processor.collate(inputs, padding_side="left")
     ids = batch["input_ids"].to(model.device)  # (B, T)
-    out = model.generate(ids, attention_mask=batch["attention_mask"].to(model.device), images=batch["images"],
-                         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
-                         pad_token_id=processor.pad_token_id)  # (B, T + n)
-    return [processor.decode(until_stop(row, stop_ids)).strip() for row in out[:, ids.shape[1]:]]
+    out = model.generate(
+        ids,
+        attention_mask=batch["attention_mask"].to(model.device),
+        images=batch["images"],
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=stop_ids,
+        pad_token_id=processor.pad_token_id,
+    )  # (B, T + n)
+    return [processor.decode(until_stop(row, stop_ids)).strip() for row in out[:, ids.shape[1] :]]
 
 
 def batches(samples: Iterable[EvalSample], size: int) -> Iterator[list[EvalSample]]:
@@ -86,16 +90,23 @@ def evaluate(model: Any, processor: Any, settings: EvalSettings) -> dict:
     (`overall`, `qtypes`, `samples`, `predictions`: see `casa_adapter.eval.report`)."""
     indexes = index_sources(list(settings.shards))
     total = sum(len(index.refs) for index in indexes)
-    decode = DecodeSettings(video_fps=settings.video_fps, max_frames=settings.max_frames,
-                            blank_images=settings.blank_images)
+    decode = DecodeSettings(
+        video_fps=settings.video_fps, max_frames=settings.max_frames, blank_images=settings.blank_images
+    )
     stop_ids = stop_token_ids(model, processor.tokenizer)
     counter, board = BadSampleCounter(), Scoreboard(settings.metrics)
     model.eval()
-    with jsonl_writer(settings.out) as write, \
-            progress_bar("eval", total if settings.limit is None else min(total, settings.limit), settings.show_progress) as advance:
+    with (
+        jsonl_writer(settings.out) as write,
+        progress_bar(
+            "eval", total if settings.limit is None else min(total, settings.limit), settings.show_progress
+        ) as advance,
+    ):
         samples = read_samples(indexes, processor, decode, counter, on_bad=lambda: advance(1))
         for chunk in batches(itertools.islice(samples, settings.limit), settings.batch_size):
-            predictions = generate_answers(model, processor, [s.inputs for s in chunk], settings.max_new_tokens, stop_ids)
+            predictions = generate_answers(
+                model, processor, [s.inputs for s in chunk], settings.max_new_tokens, stop_ids
+            )
             board.update(predictions, [s.answers for s in chunk], [s.qtype for s in chunk])
             for sample, prediction in zip(chunk, predictions):
                 write(sample.record(prediction))

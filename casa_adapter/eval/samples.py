@@ -38,8 +38,12 @@ class EvalSample:
 
     def record(self, prediction: str) -> dict:
         """The JSONL line for this sample (`qtype` only when the sample has one)."""
-        line: dict[str, Any] = {"id": self.id, "question": self.question, "answers": self.answers,
-                                "prediction": prediction}
+        line: dict[str, Any] = {
+            "id": self.id,
+            "question": self.question,
+            "answers": self.answers,
+            "prediction": prediction,
+        }
         if self.qtype is not None:
             line["qtype"] = self.qtype
         line["source"] = self.source
@@ -62,8 +66,9 @@ def prompt_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return messages[:last]
 
 
-def to_sample(ref: SampleRef, members: dict[str, bytes], source: str, processor: Any,
-              settings: DecodeSettings) -> EvalSample:
+def to_sample(
+    ref: SampleRef, members: dict[str, bytes], source: str, processor: Any, settings: DecodeSettings
+) -> EvalSample:
     """A raw sample -> `EvalSample`, or `SampleError` with the reason it is bad."""
     chat, images = validate(ref, members, settings)
     obj = parse_json(members.get("json"))
@@ -75,13 +80,23 @@ def to_sample(ref: SampleRef, members: dict[str, bytes], source: str, processor:
         raise SampleError("processor_error", str(e)) from None
     question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
     qtype = obj.get("qtype")
-    return EvalSample(id=str(obj.get("id", ref.key)), source=source, question=question,
-                      answers=references(obj, chat.messages), qtype=None if qtype is None else str(qtype),
-                      inputs=inputs)
+    return EvalSample(
+        id=str(obj.get("id", ref.key)),
+        source=source,
+        question=question,
+        answers=references(obj, chat.messages),
+        qtype=None if qtype is None else str(qtype),
+        inputs=inputs,
+    )
 
 
-def read_samples(indexes: list[SourceIndex], processor: Any, settings: DecodeSettings, counter: BadSampleCounter,
-                 on_bad: Callable[[], None] = lambda: None) -> Iterator[EvalSample]:
+def read_samples(
+    indexes: list[SourceIndex],
+    processor: Any,
+    settings: DecodeSettings,
+    counter: BadSampleCounter,
+    on_bad: Callable[[], None] = lambda: None,
+) -> Iterator[EvalSample]:
     """Every good sample of `indexes`, in order; bad ones are counted in `counter` (and logged),
     and `on_bad()` is called for each."""
     reader = ShardReader()
@@ -96,4 +111,3 @@ def read_samples(indexes: list[SourceIndex], processor: Any, settings: DecodeSet
             counter.good += 1
             counter.sources[index.name] += 1
             yield sample
-

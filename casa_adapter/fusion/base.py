@@ -8,7 +8,8 @@ is the token-insertion baseline. Both are built by `casa_adapter.fusion.build`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,9 +31,17 @@ class FusionModel(nn.Module):
     GROUPS: tuple[str, ...] = ("lora", "projector", "vision")
     """Trainable groups, in order; `trainable_groups()` returns exactly these keys."""
 
-    def __init__(self, llm: nn.Module, vision: nn.Module, settings: CasaSettings, family: FamilySpec,
-                 layer_indices: list[int], lora: LoraSettings | None, base_fingerprint: str,
-                 lora_targets: list[str] | None = None):
+    def __init__(
+        self,
+        llm: nn.Module,
+        vision: nn.Module,
+        settings: CasaSettings,
+        family: FamilySpec,
+        layer_indices: list[int],
+        lora: LoraSettings | None,
+        base_fingerprint: str,
+        lora_targets: list[str] | None = None,
+    ):
         super().__init__()
         self.llm, self.vision = llm, vision
         self.settings, self.family, self.lora = settings, family, lora
@@ -118,7 +127,7 @@ class FusionModel(nn.Module):
         tokens = self.vision(pixels).to(self.llm.dtype)  # (n, N', D)
         out, start = [], 0
         for n in counts:
-            out.append(tokens[start:start + n] if n else None)
+            out.append(tokens[start : start + n] if n else None)
             start += n
         return out
 
@@ -158,8 +167,9 @@ def _as_batch(x) -> torch.Tensor | None:
     if x.dim() == 3:
         return x.unsqueeze(0)
     if x.dim() != 4:
-        raise ValueError(f"an images entry must be (n, 3, H, W), (3, H, W) or a list of them; "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"an images entry must be (n, 3, H, W), (3, H, W) or a list of them; got shape {tuple(x.shape)}"
+        )
     return x
 
 

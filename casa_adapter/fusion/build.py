@@ -6,17 +6,12 @@ LoRA (before any CASA layer exists, so CASA is never a LoRA target), attach the 
 layers + marker, or the insertion flag), build the vision encoder, and mark exactly the new
 parameters trainable. Any error on the way puts the user's LLM back as it was.
 
-    >>> import torch, casa_adapter
-    >>> from transformers import LlamaConfig, LlamaForCausalLM
-    >>> llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-    ...     num_attention_heads=4, num_key_value_heads=2, vocab_size=128))
-    >>> class Tower(torch.nn.Module):
-    ...     embed_dim = 3
-    ...     def forward(self, x): return x.flatten(2).transpose(1, 2)[:, :4]  # (B, 4, 3)
-    >>> settings = casa_adapter.CasaSettings(every=2, variant="casa")
-    >>> model = casa_adapter.wrap(llm, vision=Tower(), casa=settings, init="zero")  # options override `casa`
-    >>> model.layer_indices
-    [1, 3]
+    >>> import casa_adapter
+    >>> from casa_adapter.backbone.base_models import tiny_llm
+    >>> settings = casa_adapter.CasaSettings(every=2, variant="ca")
+    >>> model = casa_adapter.wrap(tiny_llm(), vision="siglip-tiny", pretrained=False, casa=settings, every=1)
+    >>> model.layer_indices, model.settings.variant          # `every=1` overrides the settings' `every`
+    ([0, 1, 2, 3], 'ca')
 """
 
 from __future__ import annotations
@@ -66,14 +61,23 @@ class Fusion:
 
 FUSIONS = {
     "casa": Fusion(CasaModel, casa_blocks, attach_casa, detach_casa),
-    "insertion": Fusion(InsertionModel, lambda llm, spec, settings: [],
-                        lambda llm, spec, settings, indices: mark_inserted(llm), lambda llm, spec: unmark_inserted(llm)),
+    "insertion": Fusion(
+        InsertionModel,
+        lambda llm, spec, settings: [],
+        lambda llm, spec, settings, indices: mark_inserted(llm),
+        lambda llm, spec: unmark_inserted(llm),
+    ),
 }
 """`CasaSettings.fusion` -> how to build it."""
 
 
-def wrap(llm: nn.Module, vision: str | VisionSettings | nn.Module = "siglip", casa: CasaSettings | None = None,
-         lora: LoraSettings | None = None, **options) -> CasaModel | InsertionModel:
+def wrap(
+    llm: nn.Module,
+    vision: str | VisionSettings | nn.Module = "siglip",
+    casa: CasaSettings | None = None,
+    lora: LoraSettings | None = None,
+    **options,
+) -> CasaModel | InsertionModel:
     """Wrap `llm` (an `AutoModelForCausalLM`) into a `CasaModel` (or, with `fusion="insertion"`, an
     `InsertionModel`). The LLM is modified in place and frozen.
 
@@ -87,8 +91,10 @@ def wrap(llm: nn.Module, vision: str | VisionSettings | nn.Module = "siglip", ca
     fields = {f.name for f in dataclasses.fields(CasaSettings)}
     unknown = sorted(set(options) - fields - set(VISION_OPTIONS))
     if unknown:
-        raise TypeError(f"wrap() got unknown option(s) {unknown}: options are CasaSettings fields {sorted(fields)} "
-                        f"or vision options {list(VISION_OPTIONS)}")
+        raise TypeError(
+            f"wrap() got unknown option(s) {unknown}: options are CasaSettings fields {sorted(fields)} "
+            f"or vision options {list(VISION_OPTIONS)}"
+        )
     settings = dataclasses.replace(casa or CasaSettings(), **{k: v for k, v in options.items() if k in fields})
     family_spec(llm)  # a clear error for what is not a transformers causal LM, before anything else
     check_fresh(llm)
@@ -101,12 +107,14 @@ def check_fresh(llm: nn.Module) -> None:
     if any(isinstance(m, (CasaAttention, MarkerEmbedding)) for m in llm.modules()):
         raise ValueError("this LLM already holds CASA layers (wrap() modifies it in place); load a fresh base model")
     if is_inserted(llm):
-        raise ValueError("this LLM is already wrapped for token insertion (wrap() modifies it in place); "
-                         "load a fresh base model")
+        raise ValueError(
+            "this LLM is already wrapped for token insertion (wrap() modifies it in place); load a fresh base model"
+        )
 
 
-def build_model(llm: nn.Module, settings: CasaSettings, vision, lora: LoraSettings | None, base_fingerprint: str,
-                **vision_overrides) -> CasaModel | InsertionModel:
+def build_model(
+    llm: nn.Module, settings: CasaSettings, vision, lora: LoraSettings | None, base_fingerprint: str, **vision_overrides
+) -> CasaModel | InsertionModel:
     """The shared build steps around `FUSIONS[settings.fusion]` (see the module docstring)."""
     fusion = FUSIONS[settings.fusion]
     if settings.kernel not in KERNELS:
@@ -129,8 +137,13 @@ def build_model(llm: nn.Module, settings: CasaSettings, vision, lora: LoraSettin
     encoder.to(device=ref.device)
     encoder.projector.to(dtype=ref.dtype)
     model = fusion.model(llm, encoder, settings, spec, indices, lora, base_fingerprint, targets)
-    log.info("wrapped %s (%s): layers %s, trainable %s", llm.config.model_type, settings.fusion, indices,
-             model.trainable_counts())
+    log.info(
+        "wrapped %s (%s): layers %s, trainable %s",
+        llm.config.model_type,
+        settings.fusion,
+        indices,
+        model.trainable_counts(),
+    )
     return model
 
 

@@ -4,24 +4,20 @@ CASA layers sit beside chosen blocks' self-attention (`casa_adapter.casa.paralle
 embedding marks each image's place in `input_ids`. Images reach the CASA layers through one
 channel: the `CasaInputs` built here and passed down the HF forward as `casa_inputs`.
 
-Example:
+Example (a tiny random Llama and the random `siglip-tiny` tower: 64 px, 64 tokens an image):
     >>> import torch, casa_adapter
-    >>> from transformers import LlamaConfig, LlamaForCausalLM
-    >>> llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    ...     num_attention_heads=4, num_key_value_heads=2, vocab_size=128))
-    >>> class Tower(torch.nn.Module):
-    ...     embed_dim = 3
-    ...     def forward(self, x): return x.flatten(2).transpose(1, 2)[:, :4]  # (B, 4, 3)
-    >>> model = casa_adapter.wrap(llm, vision=Tower())
-    >>> ids = torch.tensor([[5, model.image_token_id, 7, 8]])
-    >>> out = model(ids, images=[torch.rand(1, 3, 2, 2)], labels=ids.masked_fill(ids == model.image_token_id, -100))
-    >>> out.logits.shape
-    torch.Size([1, 4, 128])
+    >>> from casa_adapter.backbone.base_models import tiny_llm
+    >>> model = casa_adapter.wrap(tiny_llm(), vision="siglip-tiny", pretrained=False, every=2)
+    >>> M = model.image_token_id                           # 384: one past the tiny vocabulary
+    >>> ids = torch.tensor([[5, M, 7, 8, M, M, 9]])        # image A, then B and C at one point
+    >>> out = model(ids, images=[torch.rand(3, 3, 64, 64)], labels=ids.masked_fill(ids == M, -100))
+    >>> out.logits.shape, out.loss.ndim
+    (torch.Size([1, 7, 384]), 0)
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -56,8 +52,13 @@ class CasaModel(FusionModel):
 
         return classify
 
-    def casa_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    images: ImagesArg = None, sample_ids: torch.Tensor | None = None) -> CasaInputs | None:
+    def casa_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: ImagesArg = None,
+        sample_ids: torch.Tensor | None = None,
+    ) -> CasaInputs | None:
         """The window layout and image tokens for one call; None for text-only input without markers."""
         has_markers = bool((input_ids == self.image_token_id).any())
         if not images and not has_markers:
@@ -65,8 +66,14 @@ class CasaModel(FusionModel):
         features = self._row_features(input_ids, images)
         return build_inputs(input_ids, self.image_token_id, features, attention_mask, sample_ids)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, images: ImagesArg = None,
-                labels: torch.Tensor | None = None, **kwargs):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: ImagesArg = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ):
         """HF-style causal-LM output with `.loss` (when labels are given) and `.logits` (B, T, V).
 
         Packed rows (`sample_ids`, see casa_adapter.data.packing): windows and self-attention stay inside
@@ -81,8 +88,13 @@ class CasaModel(FusionModel):
         return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 images: ImagesArg = None, **generate_kwargs) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: ImagesArg = None,
+        **generate_kwargs,
+    ) -> torch.Tensor:
         """`transformers` generate with images. Image tokens never enter the text KV cache: each CASA
         layer keeps only the current window's image and text keys (in a `CasaCache`)."""
         inputs = self.casa_inputs(input_ids, attention_mask, images)

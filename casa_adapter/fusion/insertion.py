@@ -14,16 +14,11 @@ positions restarting at each sample, and no attention crosses samples.
 
 Example:
     >>> import torch, casa_adapter
-    >>> from transformers import LlamaConfig, LlamaForCausalLM
-    >>> llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    ...     num_attention_heads=4, num_key_value_heads=2, vocab_size=128))
-    >>> class Tower(torch.nn.Module):
-    ...     embed_dim = 3
-    ...     def forward(self, x): return x.flatten(2).transpose(1, 2)[:, :4]  # (B, 4, 3)
-    >>> model = casa_adapter.wrap(llm, vision=Tower(), fusion="insertion")
+    >>> from casa_adapter.backbone.base_models import tiny_llm
+    >>> model = casa_adapter.wrap(tiny_llm(), vision="siglip-tiny", pretrained=False, fusion="insertion")
     >>> ids = torch.tensor([[5, model.image_token_id, 7, 8]])
-    >>> model(ids, images=[torch.rand(1, 3, 2, 2)]).logits.shape   # 4 rows, not 4 - 1 + 4
-    torch.Size([1, 4, 128])
+    >>> model(ids, images=[torch.rand(1, 3, 64, 64)]).logits.shape   # 4 rows, not 4 - 1 + 64
+    torch.Size([1, 4, 384])
 """
 
 from __future__ import annotations
@@ -62,8 +57,13 @@ class InsertionModel(FusionModel):
         """The id that marks each image in `input_ids`: one past the embedding table, as under CASA."""
         return int(self.llm.get_input_embeddings().weight.shape[0])
 
-    def expand(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-               features: list[torch.Tensor | None], sample_ids: torch.Tensor | None = None) -> Expanded:
+    def expand(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        features: list[torch.Tensor | None],
+        sample_ids: torch.Tensor | None = None,
+    ) -> Expanded:
         """Replace each marker by its image's N tokens. features: per row (n_markers, N, D) or None.
         sample_ids (B, T), for packed rows: positions restart at each sample, and no mask is returned
         (transformers then keeps attention within each run of positions)."""
@@ -99,8 +99,14 @@ class InsertionModel(FusionModel):
             return None
         return self.expand(input_ids, attention_mask, self._row_features(input_ids, images), sample_ids)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, images: ImagesArg = None,
-                labels: torch.Tensor | None = None, **kwargs):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: ImagesArg = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ):
         """HF-style causal-LM output with `.loss` over `labels` (B, T) and `.logits` (B, T, V).
 
         Positions are those of the expanded stream (a given `position_ids` is replaced). Packed rows
@@ -113,12 +119,23 @@ class InsertionModel(FusionModel):
         if sample_ids is not None:
             kwargs["use_cache"] = False  # transformers separates packed samples only without a cache
         keep = _keep_slots(x.last, kwargs.pop("logits_to_keep", 0))  # (B, P) slots of the kept input positions
-        return self.llm(inputs_embeds=x.embeds, attention_mask=x.attention_mask, position_ids=x.position_ids,
-                        labels=labels, logits_to_keep=keep, **kwargs)
+        return self.llm(
+            inputs_embeds=x.embeds,
+            attention_mask=x.attention_mask,
+            position_ids=x.position_ids,
+            labels=labels,
+            logits_to_keep=keep,
+            **kwargs,
+        )
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 images: ImagesArg = None, **generate_kwargs) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: ImagesArg = None,
+        **generate_kwargs,
+    ) -> torch.Tensor:
         """`transformers` generate with the image tokens in the prompt (and so in the KV cache).
         Returns `input_ids` followed by the new tokens, as for CASA."""
         x = self._expanded(input_ids, attention_mask, images)
@@ -140,7 +157,7 @@ def _keep_slots(last: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch
         if logits_to_keep.ndim != 1 or logits_to_keep.dtype == torch.bool:
             raise ValueError("InsertionModel accepts logits_to_keep as an int or a 1D tensor of input positions")
         return last[:, logits_to_keep.to(last.device)]
-    return last if logits_to_keep == 0 else last[:, -int(logits_to_keep):]
+    return last if logits_to_keep == 0 else last[:, -int(logits_to_keep) :]
 
 
 def _slots(marker: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -99,8 +99,13 @@ class StreamSession:
         return torch.multinomial(probs, 1)
 
     @torch.no_grad()
-    def generate(self, max_new_tokens: int = 16, do_sample: bool = False, temperature: float = 1.0,
-                 eos_token_id: int | list[int] | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        max_new_tokens: int = 16,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
+    ) -> torch.Tensor:
         """Continue the text: returns the new ids (1, n), n <= max_new_tokens (stops after an eos id).
         Every new token is fed back, so the session holds it and can go on."""
         stop = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])
@@ -125,8 +130,13 @@ class StreamSession:
     def _run(self, n: int, all_logits: bool, **inputs) -> torch.Tensor:
         """Feed n new positions through the LLM with the session cache; logits (1, n or 1, V)."""
         positions = torch.arange(self.index, self.index + n, device=self.model.device).unsqueeze(0)  # (1, n)
-        out = self.model.llm(**inputs, position_ids=positions, use_cache=True, logits_to_keep=0 if all_logits else 1,
-                             **{self._cache_kw: self.cache})
+        out = self.model.llm(
+            **inputs,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=0 if all_logits else 1,
+            **{self._cache_kw: self.cache},
+        )
         self.index += n
         self.last_logits = out.logits[:, -1]  # (1, V)
         return out.logits

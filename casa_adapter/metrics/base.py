@@ -8,13 +8,13 @@ gives exactly the score of a single process that saw every item.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-Target = Sequence[Union[str, Sequence[str]]]
+Target = Sequence[str | Sequence[str]]
 
 
 def check_preds(preds: Sequence[str], target: Sequence, owner: str) -> list[str]:
@@ -33,7 +33,7 @@ def check_preds(preds: Sequence[str], target: Sequence, owner: str) -> list[str]
     return preds
 
 
-def as_references(item: Union[str, Sequence[str]], index: int, owner: str) -> list[str]:
+def as_references(item: str | Sequence[str], index: int, owner: str) -> list[str]:
     """One target entry as a non-empty list of reference strings (a bare str is one reference)."""
     if isinstance(item, str):
         return [item]
@@ -76,7 +76,7 @@ class MeanScoreMetric(Metric):
         self.score_sum += float(sum(scores))
         self.count += len(scores)
 
-    def merge_state(self, incoming_state: Union[dict[str, Any], Metric]) -> None:
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
         """Add another metric's states (or a state dict) to this one, as a DDP reduction would."""
         super().merge_state(incoming_state)
         self._computed = None  # torchmetrics would otherwise keep serving a compute() cached before the merge

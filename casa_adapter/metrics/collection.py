@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 
 from torchmetrics import Metric, MetricCollection
 
@@ -38,7 +37,7 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def build_metrics(names: Sequence[str], prefix: Optional[str] = None) -> MetricCollection:
+def build_metrics(names: Sequence[str], prefix: str | None = None) -> MetricCollection:
     """A `MetricCollection` holding one fresh metric per name, keyed by canonical name.
 
     Compute groups are off: the metrics share state names (``score_sum``, ``count``), and

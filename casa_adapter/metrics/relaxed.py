@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Optional
+from typing import Any
 
 from casa_adapter.metrics.base import MeanScoreMetric
 
@@ -13,7 +13,7 @@ _THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
 _FLOAT_SLACK = 1e-9
 
 
-def parse_number(text: str) -> Optional[float]:
+def parse_number(text: str) -> float | None:
     """`text` as a float, or None; ``"1,234"`` -> 1234.0 and ``"12%"`` -> 0.12 (as ChartQA's evaluator).
 
     >>> parse_number(" 1,234.5 "), parse_number("12%"), parse_number("twelve")

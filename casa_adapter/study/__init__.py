@@ -21,19 +21,34 @@ from casa_adapter.study.runner import StudySettings, read_summaries, run_study
 
 def parser() -> argparse.ArgumentParser:
     defaults = StudySettings()
-    p = argparse.ArgumentParser(prog="casa-adapter study", description=(
-        "Train every arm of the fidelity study from one recipe with the same budget, evaluate each with "
-        "`casa-adapter eval`, and write a Markdown report with tables and PNG plots (docs/results.md)."))
+    p = argparse.ArgumentParser(
+        prog="casa-adapter study",
+        description=(
+            "Train every arm of the fidelity study from one recipe with the same budget, evaluate each with "
+            "`casa-adapter eval`, and write a Markdown report with tables and PNG plots (docs/results.md)."
+        ),
+    )
     p.add_argument("--recipe", default=defaults.recipe, help="shared recipe (default: %(default)s)")
-    p.add_argument("--arms", default=",".join(defaults.arms), help=f"comma-separated arms from {', '.join(ARMS)} "
-                                                                   "(default: all)")
+    p.add_argument(
+        "--arms", default=",".join(defaults.arms), help=f"comma-separated arms from {', '.join(ARMS)} (default: all)"
+    )
     p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per arm (default: %(default)s)")
-    p.add_argument("--val-every", type=int, default=defaults.val_every, help="steps between validations (default: %(default)s)")
+    p.add_argument(
+        "--val-every", type=int, default=defaults.val_every, help="steps between validations (default: %(default)s)"
+    )
     p.add_argument("--base", help="base LLM instead of the recipe's (e.g. tiny)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                   help="recipe override for every arm, e.g. data.init_args.settings.batch_size=8 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="recipe override for every arm, e.g. data.init_args.settings.batch_size=8 (repeatable)",
+    )
     p.add_argument("--work", default=defaults.work, help="per-arm run folders (default: %(default)s)")
-    p.add_argument("--out", default=defaults.out, help="report path; plots go to results/ beside it (default: %(default)s)")
+    p.add_argument(
+        "--out", default=defaults.out, help="report path; plots go to results/ beside it (default: %(default)s)"
+    )
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from the runs in --work")
     p.add_argument("--quiet", action="store_true", help="children's output to WORK/ARM/train.log and eval.log")
     return p
@@ -54,9 +69,17 @@ def main(argv: list[str]) -> int:
     """Entry point of `casa-adapter study ARGS...`; returns the exit status (2: a usage or input error)."""
     args = parser().parse_args(argv)
     try:
-        settings = StudySettings(recipe=args.recipe, arms=args.arms.split(","), steps=args.steps,
-                                 val_every=args.val_every, base=args.base, overrides=parse_overrides(args.overrides),
-                                 work=args.work, out=args.out, quiet=args.quiet)
+        settings = StudySettings(
+            recipe=args.recipe,
+            arms=args.arms.split(","),
+            steps=args.steps,
+            val_every=args.val_every,
+            base=args.base,
+            overrides=parse_overrides(args.overrides),
+            work=args.work,
+            out=args.out,
+            quiet=args.quiet,
+        )
         summaries = read_summaries(settings) if args.report_only else run_study(settings)
     except (ValueError, FileNotFoundError) as e:
         print(f"casa-adapter study: error: {e}", file=sys.stderr)

@@ -28,14 +28,21 @@ class Arm:
     """Evaluate with every image replaced by a grey one (the text-only control)."""
 
 
-ARMS: dict[str, Arm] = {arm.name: arm for arm in (
-    Arm("casa", "CASA (image + window-text keys)", {f"{CASA}.variant": "casa"}),
-    Arm("ca", "cross-attention (image keys only)", {f"{CASA}.variant": "ca"}),
-    Arm("shared", "CASA with SA's projections", {f"{CASA}.variant": "shared"}),
-    Arm("insertion", "token insertion (LLaVA-style)", {f"{CASA}.fusion": "insertion"}),
-    Arm("text_only", "text-only control (images blanked)",
-        {f"{CASA}.variant": "casa", "data.init_args.settings.blank_images": True}, blank_images=True),
-)}
+ARMS: dict[str, Arm] = {
+    arm.name: arm
+    for arm in (
+        Arm("casa", "CASA (image + window-text keys)", {f"{CASA}.variant": "casa"}),
+        Arm("ca", "cross-attention (image keys only)", {f"{CASA}.variant": "ca"}),
+        Arm("shared", "CASA with SA's projections", {f"{CASA}.variant": "shared"}),
+        Arm("insertion", "token insertion (LLaVA-style)", {f"{CASA}.fusion": "insertion"}),
+        Arm(
+            "text_only",
+            "text-only control (images blanked)",
+            {f"{CASA}.variant": "casa", "data.init_args.settings.blank_images": True},
+            blank_images=True,
+        ),
+    )
+}
 """Every arm, in table order."""
 
 

@@ -70,11 +70,19 @@ def arm_recipe(base: dict, arm: Arm, settings: StudySettings, arm_dir: Path) -> 
     """The recipe one arm runs: the shared one, its step budget and output folders, then the arm's changes."""
     config = copy.deepcopy(base)
     trainer = config.setdefault("trainer", {})
-    trainer.update(max_steps=settings.steps, max_time=None, val_check_interval=settings.val_every,
-                   check_val_every_n_epoch=None, default_root_dir=str(arm_dir), enable_checkpointing=False,
-                   logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
-                           "init_args": {"save_dir": str(arm_dir), "name": "logs", "version": ""}},
-                   callbacks=[])
+    trainer.update(
+        max_steps=settings.steps,
+        max_time=None,
+        val_check_interval=settings.val_every,
+        check_val_every_n_epoch=None,
+        default_root_dir=str(arm_dir),
+        enable_checkpointing=False,
+        logger={
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(arm_dir), "name": "logs", "version": ""},
+        },
+        callbacks=[],
+    )
     config["adapter"] = {"dirpath": str(arm_dir / "adapter")}
     changes = dict(settings.overrides)
     if settings.base is not None:
@@ -89,8 +97,9 @@ def _child(args: list[str], log: Path | None) -> tuple[int, float, float]:
     (exit status, wall seconds, peak RSS in MiB)."""
     start = time.perf_counter()
     with open(log, "w") if log else contextlib.nullcontext() as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "casa_adapter.cli", *args], stdout=sink,
-                                stderr=subprocess.STDOUT if sink else None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "casa_adapter.cli", *args], stdout=sink, stderr=subprocess.STDOUT if sink else None
+        )
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage.ru_maxrss / 1024
 
@@ -101,16 +110,24 @@ def read_curves(metrics_csv: Path) -> dict[str, Any]:
     with open(metrics_csv) as f:
         for row in csv.DictReader(f):
             if row.get("val/accuracy"):  # logged at the 0-based index of the batch it follows
-                val.append({"step": int(row["step"]) + 1, "accuracy": float(row["val/accuracy"]),
-                            "loss": float(row["val/loss"])})
+                val.append(
+                    {
+                        "step": int(row["step"]) + 1,
+                        "accuracy": float(row["val/accuracy"]),
+                        "loss": float(row["val/loss"]),
+                    }
+                )
             if row.get("perf/tokens_per_s"):
                 tokens.append(float(row["perf/tokens_per_s"]))
                 samples.append(float(row["perf/samples_per_s"]))
                 seconds.append(float(row["perf/step_seconds"]))
     steady = slice(1, None) if len(tokens) > 2 else slice(None)  # the first step pays for warm-up
-    return {"val": val, "tokens_per_s": statistics.median(tokens[steady]) if tokens else None,
-            "samples_per_s": statistics.median(samples[steady]) if samples else None,
-            "step_seconds": statistics.median(seconds[steady]) if seconds else None}
+    return {
+        "val": val,
+        "tokens_per_s": statistics.median(tokens[steady]) if tokens else None,
+        "samples_per_s": statistics.median(samples[steady]) if samples else None,
+        "step_seconds": statistics.median(seconds[steady]) if seconds else None,
+    }
 
 
 def run_arm(arm: Arm, base_recipe: dict, settings: StudySettings, index: int, total: int) -> dict:
@@ -120,30 +137,50 @@ def run_arm(arm: Arm, base_recipe: dict, settings: StudySettings, index: int, to
     recipe_path = arm_dir / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(arm_recipe(base_recipe, arm, settings, arm_dir), sort_keys=False))
     print(f"[study {index}/{total}] {arm.name}: {arm.label}, {settings.steps} steps ({recipe_path})", flush=True)
-    code, seconds, peak = _child(["run", str(recipe_path)], arm_dir / "train.log" if settings.quiet else None)
+    log = arm_dir / "train.log" if settings.quiet else None
+    code, seconds, peak = _child(["run", str(recipe_path)], log)
     if code != 0:
-        raise RuntimeError(f"study arm {arm.name!r}: training exited with status {code} (recipe {recipe_path}"
-                           f"{', log ' + str(arm_dir / 'train.log') if settings.quiet else ''})")
-    adapter = arm_dir / "adapter" / "final"
-    eval_args = ["eval", "--recipe", str(recipe_path), "--adapter", str(adapter), "--metrics", "em",
-                 "--out", str(arm_dir / "preds.jsonl"), "--json", str(arm_dir / "eval.json"), "--quiet"]
-    print(f"[study {index}/{total}] {arm.name}: evaluating {adapter}", flush=True)
-    code, _, _ = _child(eval_args + (["--blank-images"] if arm.blank_images else []),
-                        arm_dir / "eval.log" if settings.quiet else None)
-    if code != 0:
-        raise RuntimeError(f"study arm {arm.name!r}: `casa-adapter {' '.join(eval_args)}` exited with status {code}")
-    results = json.loads((arm_dir / "eval.json").read_text())
-    manifest = json.loads((adapter / "manifest.json").read_text())
-    summary = {"arm": arm.name, "label": arm.label, "steps": settings.steps, "train_seconds": seconds,
-               "peak_rss_mb": peak, "trainable": manifest["trainable"]["counts"]["total"],
-               **read_curves(arm_dir / "logs" / "metrics.csv"),
-               "eval": {"overall": results["overall"]["exact_match"], "count": results["overall"]["count"],
-                        "qtypes": {q: row["exact_match"] for q, row in results["qtypes"].items()}}}
+        raise RuntimeError(
+            f"study arm {arm.name!r}: training exited with status {code} (recipe {recipe_path}"
+            f"{', log ' + str(log) if log else ''})"
+        )
+    print(f"[study {index}/{total}] {arm.name}: evaluating {arm_dir / 'adapter' / 'final'}", flush=True)
+    results = _evaluate_arm(arm, recipe_path, arm_dir, settings.quiet)
+    manifest = json.loads((arm_dir / "adapter" / "final" / "manifest.json").read_text())
+    summary = {
+        "arm": arm.name,
+        "label": arm.label,
+        "steps": settings.steps,
+        "train_seconds": seconds,
+        "peak_rss_mb": peak,
+        "trainable": manifest["trainable"]["counts"]["total"],
+        **read_curves(arm_dir / "logs" / "metrics.csv"),
+        "eval": results,
+    }
     with atomic_file(arm_dir / "summary.json", "w") as f:
         f.write(json.dumps(summary, indent=2) + "\n")
-    print(f"[study {index}/{total}] {arm.name}: accuracy {summary['eval']['overall']:.1%}, "
-          f"{seconds / 60:.1f} min, peak RSS {peak:,.0f} MiB", flush=True)
+    print(
+        f"[study {index}/{total}] {arm.name}: accuracy {summary['eval']['overall']:.1%}, "
+        f"{seconds / 60:.1f} min, peak RSS {peak:,.0f} MiB",
+        flush=True,
+    )
     return summary
+
+
+def _evaluate_arm(arm: Arm, recipe_path: Path, arm_dir: Path, quiet: bool) -> dict:
+    """`casa-adapter eval` of the arm's final adapter in a child process: overall, count and per-type accuracy."""
+    args = ["eval", "--recipe", str(recipe_path), "--adapter", str(arm_dir / "adapter" / "final")]
+    args += ["--metrics", "em", "--out", str(arm_dir / "preds.jsonl"), "--json", str(arm_dir / "eval.json"), "--quiet"]
+    args += ["--blank-images"] if arm.blank_images else []
+    code, _, _ = _child(args, arm_dir / "eval.log" if quiet else None)
+    if code != 0:
+        raise RuntimeError(f"study arm {arm.name!r}: `casa-adapter {' '.join(args)}` exited with status {code}")
+    results = json.loads((arm_dir / "eval.json").read_text())
+    return {
+        "overall": results["overall"]["exact_match"],
+        "count": results["overall"]["count"],
+        "qtypes": {q: row["exact_match"] for q, row in results["qtypes"].items()},
+    }
 
 
 def run_study(settings: StudySettings) -> list[dict]:
@@ -159,6 +196,8 @@ def read_summaries(settings: StudySettings) -> list[dict]:
     for arm in select(settings.arms):
         path = Path(settings.work) / arm.name / "summary.json"
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no finished run of study arm {arm.name!r}; run the study without --report-only")
+            raise FileNotFoundError(
+                f"{path}: no finished run of study arm {arm.name!r}; run the study without --report-only"
+            )
         out.append(json.loads(path.read_text()))
     return out

@@ -74,7 +74,8 @@ def _full_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
 
 
 class ThroughputMonitor(L.Callback):
-    """Logs perf/step_seconds, perf/tokens_per_s, perf/images_per_s, perf/samples_per_s and perf/peak_mem_mb each step."""
+    """Logs perf/step_seconds, perf/tokens_per_s, perf/images_per_s, perf/samples_per_s and perf/peak_mem_mb
+    each step."""
 
     def __init__(self) -> None:
         self._start = 0.0
@@ -82,15 +83,27 @@ class ThroughputMonitor(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: dict, batch_idx: int) -> None:
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: dict,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: dict, batch_idx: int
+    ) -> None:
         seconds = max(time.perf_counter() - self._start, 1e-9)
         tokens = int(batch["attention_mask"].sum())
         images = sum(int(x.shape[0]) for x in (batch.get("images") or []) if x is not None)
-        samples = int(batch["sample_ids"].max(-1).values.sum()) if batch.get("sample_ids") is not None else len(batch["input_ids"])
-        module.log_dict({"perf/step_seconds": seconds, "perf/tokens_per_s": tokens / seconds, "perf/images_per_s": images / seconds,
-                         "perf/samples_per_s": samples / seconds, "perf/peak_mem_mb": peak_memory_mb(module.device)},
-                        batch_size=len(batch["input_ids"]))
+        samples = (
+            int(batch["sample_ids"].max(-1).values.sum())
+            if batch.get("sample_ids") is not None
+            else len(batch["input_ids"])
+        )
+        module.log_dict(
+            {
+                "perf/step_seconds": seconds,
+                "perf/tokens_per_s": tokens / seconds,
+                "perf/images_per_s": images / seconds,
+                "perf/samples_per_s": samples / seconds,
+                "perf/peak_mem_mb": peak_memory_mb(module.device),
+            },
+            batch_size=len(batch["input_ids"]),
+        )
 
 
 def peak_memory_mb(device: torch.device) -> float:

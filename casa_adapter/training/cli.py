@@ -24,8 +24,15 @@ class CasaCLI(LightningCLI):
     """LightningCLI over CasaModule and CasaDataModule (subclass mode: recipes give class_path)."""
 
     def __init__(self, args: list[str] | None = None) -> None:
-        super().__init__(CasaModule, CasaDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                         save_config_kwargs={"overwrite": True}, args=args, auto_configure_optimizers=False)
+        super().__init__(
+            CasaModule,
+            CasaDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            auto_configure_optimizers=False,
+        )
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(AdapterCheckpoint, "adapter")

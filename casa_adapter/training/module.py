@@ -36,9 +36,13 @@ def answer_accuracy(preds: torch.Tensor, targets: torch.Tensor, sample_ids: torc
     """
     has = targets != IGNORE_INDEX  # (B, P)
     wrong = has & (preds != targets)
-    keys = torch.arange(targets.shape[0], device=targets.device).unsqueeze(-1) * (int(sample_ids.max()) + 1) + sample_ids
+    keys = (
+        torch.arange(targets.shape[0], device=targets.device).unsqueeze(-1) * (int(sample_ids.max()) + 1) + sample_ids
+    )
     n_keys = targets.shape[0] * (int(sample_ids.max()) + 1)
-    answered = torch.zeros(n_keys, dtype=torch.long, device=targets.device).index_add_(0, keys[has], torch.ones_like(keys[has]))
+    answered = torch.zeros(n_keys, dtype=torch.long, device=targets.device).index_add_(
+        0, keys[has], torch.ones_like(keys[has])
+    )
     missed = torch.zeros_like(answered).index_add_(0, keys[wrong], torch.ones_like(keys[wrong]))
     total = int((answered > 0).sum())
     return int(((answered > 0) & (missed == 0)).sum()), total
@@ -56,16 +60,27 @@ class CasaModule(L.LightningModule):
             SmolLM2's template from adding its 20-token default); None: the template's own behaviour.
     """
 
-    def __init__(self, model: ModelSettings | None = None, optim: OptimSettings | None = None,
-                 gradient_checkpointing: bool = False, compile: bool = False, system_prompt: str | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelSettings | None = None,
+        optim: OptimSettings | None = None,
+        gradient_checkpointing: bool = False,
+        compile: bool = False,
+        system_prompt: str | None = None,
+    ) -> None:
         super().__init__()
         self.settings = model or ModelSettings()
         self.optim_settings = optim or OptimSettings()
         self.gradient_checkpointing, self.compile_blocks = gradient_checkpointing, compile
-        self.save_hyperparameters({"model": dataclasses.asdict(self.settings),
-                                   "optim": dataclasses.asdict(self.optim_settings),
-                                   "gradient_checkpointing": gradient_checkpointing, "compile": compile,
-                                   "system_prompt": system_prompt})
+        self.save_hyperparameters(
+            {
+                "model": dataclasses.asdict(self.settings),
+                "optim": dataclasses.asdict(self.optim_settings),
+                "gradient_checkpointing": gradient_checkpointing,
+                "compile": compile,
+                "system_prompt": system_prompt,
+            }
+        )
         self.model, self.tokenizer = build_from_settings(self.settings)
         self.model.train()  # from_pretrained returns eval mode and Lightning keeps each module's mode as found
         extra = {} if system_prompt is None else {"system_prompt": system_prompt}

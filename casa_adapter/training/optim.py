@@ -58,9 +58,14 @@ def param_groups(model, settings: OptimSettings) -> list[dict]:
             buckets.setdefault(key, []).append(params[name])
     out = []
     for (is_pretrained, no_decay), plist in sorted(buckets.items()):
-        out.append({"params": plist, "lr": settings.lr_pretrained if is_pretrained else settings.lr,
-                    "weight_decay": 0.0 if no_decay else settings.weight_decay,
-                    "name": f"{'pretrained' if is_pretrained else 'new'}{'/no_decay' if no_decay else ''}"})
+        out.append(
+            {
+                "params": plist,
+                "lr": settings.lr_pretrained if is_pretrained else settings.lr,
+                "weight_decay": 0.0 if no_decay else settings.weight_decay,
+                "name": f"{'pretrained' if is_pretrained else 'new'}{'/no_decay' if no_decay else ''}",
+            }
+        )
     return out
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from torch import nn
 
 
-
 def shard_model(model: nn.Module, mesh=None, reshard_after_forward: bool = True) -> int:
     """Apply fully_shard to the decoder blocks, the vision tower and the root. Returns the number of units."""
     from torch.distributed.fsdp import fully_shard

@@ -20,57 +20,20 @@ Example (random tiny tower, no download):
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
 from casa_adapter.config import VisionSettings
+from casa_adapter.vision.projector import PatchPool, make_projector, square_side
 from casa_adapter.vision.towers import LOCAL_TOWERS, build_tower
 from casa_adapter.vision.transform import resize_center_crop, to_float_chw
 
 DEFAULT_MEAN_STD = (0.5, 0.5, 0.5)
 """Normalisation of a custom tower that declares no `mean` / `std` (SigLIP's)."""
-
-
-class PatchPool(nn.Module):
-    """Average-pool a square patch grid by `stride` (ceil mode; partial windows average what they
-    cover): (n, h*w, D) -> (n, ceil(h/s)*ceil(w/s), D). `stride=1` is the identity."""
-
-    def __init__(self, stride: int = 1):
-        super().__init__()
-        self.stride = stride
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.stride == 1:
-            return x
-        n, tokens, dim = x.shape
-        side = square_side(tokens, self.stride)
-        grid = x.transpose(1, 2).reshape(n, dim, side, side)  # (n, D, h, w)
-        grid = F.avg_pool2d(grid, self.stride, self.stride, ceil_mode=True)  # (n, D, h', w')
-        return grid.flatten(2).transpose(1, 2)  # (n, N', D)
-
-
-def square_side(tokens: int, stride: int) -> int:
-    """Side h of a square grid of `tokens` patches; a clear error when it is not square."""
-    side = math.isqrt(tokens)
-    if side * side != tokens:
-        raise ValueError(f"pool={stride} needs a square patch grid, but the tower returns N={tokens} tokens, "
-                         "which is not a perfect square (does it keep a class token?)")
-    return side
-
-
-def make_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
-    """`mlp`: Linear(D, H)-GELU-Linear(H, H) (LLaVA-1.5); `linear`: Linear(D, H)."""
-    if kind == "linear":
-        return nn.Linear(in_dim, out_dim)
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-    raise ValueError(f"projector must be 'mlp' or 'linear', got {kind!r}")
 
 
 class VisionEncoder(nn.Module):
@@ -82,10 +45,20 @@ class VisionEncoder(nn.Module):
     `settings` is the `VisionSettings` a named tower was built from (None for a custom module).
     """
 
-    def __init__(self, tower: nn.Module, embed_dim: int, llm_hidden: int, *, image_size: int = 224,
-                 mean: tuple[float, float, float] = DEFAULT_MEAN_STD,
-                 std: tuple[float, float, float] = DEFAULT_MEAN_STD, pool: int = 1, projector: str = "mlp",
-                 unfreeze_last: int = 0, settings: VisionSettings | None = None):
+    def __init__(
+        self,
+        tower: nn.Module,
+        embed_dim: int,
+        llm_hidden: int,
+        *,
+        image_size: int = 224,
+        mean: tuple[float, float, float] = DEFAULT_MEAN_STD,
+        std: tuple[float, float, float] = DEFAULT_MEAN_STD,
+        pool: int = 1,
+        projector: str = "mlp",
+        unfreeze_last: int = 0,
+        settings: VisionSettings | None = None,
+    ):
         super().__init__()
         self.tower = tower
         self.pool = PatchPool(pool)
@@ -105,8 +78,10 @@ class VisionEncoder(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._tower_trains()):
             feats = self.tower(images)  # (n, N, D)
         if feats.ndim != 3 or feats.shape[-1] != self.embed_dim:
-            raise ValueError(f"vision tower {type(self.tower).__name__} returned shape {tuple(feats.shape)}; "
-                             f"expected (n, N, embed_dim={self.embed_dim})")
+            raise ValueError(
+                f"vision tower {type(self.tower).__name__} returned shape {tuple(feats.shape)}; "
+                f"expected (n, N, embed_dim={self.embed_dim})"
+            )
         feats = self.pool(feats)  # (n, N', D)
         proj_dtype = next(self.projector.parameters()).dtype
         return self.projector(feats.to(proj_dtype))  # (n, N', llm_hidden)
@@ -124,9 +99,14 @@ class VisionEncoder(nn.Module):
         if isinstance(grid, (tuple, list)) and len(grid) == 2:
             return int(grid[0]), int(grid[1])
         param = next(self.tower.parameters(), None)
-        probe = torch.zeros(1, 3, self.image_size, self.image_size,
-                            dtype=param.dtype if param is not None else torch.float32,
-                            device=param.device if param is not None else None)
+        probe = torch.zeros(
+            1,
+            3,
+            self.image_size,
+            self.image_size,
+            dtype=param.dtype if param is not None else torch.float32,
+            device=param.device if param is not None else None,
+        )
         with torch.no_grad():
             tokens = self.tower(probe).shape[1]  # (1, N, D) -> N
         if self.pool.stride == 1:
@@ -153,9 +133,15 @@ class VisionEncoder(nn.Module):
         if self.settings is not None:
             return {"kind": "open_clip", "settings": self.settings.to_dict()}
         cls = type(self.tower)
-        return {"kind": "custom", "class": f"{cls.__module__}.{cls.__qualname__}", "embed_dim": self.embed_dim,
-                "image_size": self.image_size, "pool": self.pool.stride, "projector": self.projector_kind,
-                "unfreeze_last": self.unfreeze_last}
+        return {
+            "kind": "custom",
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "embed_dim": self.embed_dim,
+            "image_size": self.image_size,
+            "pool": self.pool.stride,
+            "projector": self.projector_kind,
+            "unfreeze_last": self.unfreeze_last,
+        }
 
     def trainable_tower_prefixes(self) -> list[str]:
         """Parameter-name prefixes (relative to this encoder, ending in ".") of the unfrozen tower
@@ -190,8 +176,10 @@ class VisionEncoder(nn.Module):
             return
         blocks_path, _ = tower_layout(self.tower)
         if blocks_path is None:
-            raise ValueError(f"unfreeze_last={self.unfreeze_last} needs the vision tower to expose its transformer "
-                             f"blocks as a `blocks` nn.ModuleList; {type(self.tower).__name__} has none")
+            raise ValueError(
+                f"unfreeze_last={self.unfreeze_last} needs the vision tower to expose its transformer "
+                f"blocks as a `blocks` nn.ModuleList; {type(self.tower).__name__} has none"
+            )
         count = len(self.tower.get_submodule(blocks_path))
         if self.unfreeze_last > count:
             raise ValueError(f"unfreeze_last={self.unfreeze_last} but the vision tower has only {count} blocks")
@@ -206,18 +194,30 @@ def tower_layout(tower: nn.Module) -> tuple[str | None, tuple[str, ...]]:
     if hasattr(type(tower), "blocks_path"):
         return tower.blocks_path, tuple(tower.norm_paths)
     blocks = "blocks" if isinstance(getattr(tower, "blocks", None), nn.ModuleList) else None
-    norms = [n for n in ("norm", "ln_post", "final_norm", "post_layernorm", "ln_f")
-             if isinstance(getattr(tower, n, None), nn.Module)]
+    norms = [
+        n
+        for n in ("norm", "ln_post", "final_norm", "post_layernorm", "ln_f")
+        if isinstance(getattr(tower, n, None), nn.Module)
+    ]
     return blocks, tuple(norms[:1])
 
 
-def build_vision(vision: str | VisionSettings | dict | nn.Module, llm_hidden: int, *,
-                 unfreeze_last: int | None = None, pool: int | None = None, projector: str | None = None,
-                 pretrained: bool | str | None = None) -> VisionEncoder:
+def build_vision(
+    vision: str | VisionSettings | dict | nn.Module,
+    llm_hidden: int,
+    *,
+    unfreeze_last: int | None = None,
+    pool: int | None = None,
+    projector: str | None = None,
+    pretrained: bool | str | None = None,
+) -> VisionEncoder:
     """Build the frozen vision encoder for `vision=` (see the module docstring); keyword
     arguments that are not None override the settings."""
-    overrides = {k: v for k, v in dict(unfreeze_last=unfreeze_last, pool=pool, projector=projector,
-                                       pretrained=pretrained).items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(unfreeze_last=unfreeze_last, pool=pool, projector=projector, pretrained=pretrained).items()
+        if v is not None
+    }
     if isinstance(vision, VisionEncoder):
         return _reuse(vision, llm_hidden, overrides)
     if isinstance(vision, nn.Module):
@@ -227,9 +227,18 @@ def build_vision(vision: str | VisionSettings | dict | nn.Module, llm_hidden: in
         if settings.name in LOCAL_TOWERS and settings.pretrained is True:  # no published weights: say so
             settings = dataclasses.replace(settings, pretrained=False)
         built = build_tower(settings)
-        encoder = VisionEncoder(built.tower, built.embed_dim, llm_hidden, image_size=built.image_size,
-                                mean=built.mean, std=built.std, pool=settings.pool, projector=settings.projector,
-                                unfreeze_last=settings.unfreeze_last, settings=settings)
+        encoder = VisionEncoder(
+            built.tower,
+            built.embed_dim,
+            llm_hidden,
+            image_size=built.image_size,
+            mean=built.mean,
+            std=built.std,
+            pool=settings.pool,
+            projector=settings.projector,
+            unfreeze_last=settings.unfreeze_last,
+            settings=settings,
+        )
     encoder.freeze()
     return encoder
 
@@ -241,8 +250,10 @@ def as_vision_settings(vision: str | VisionSettings | dict) -> VisionSettings:
     if isinstance(vision, str):
         return VisionSettings(name=vision)
     if isinstance(vision, dict) and vision.get("kind") == "custom":
-        raise ValueError(f"the vision spec describes a custom tower ({vision.get('class')}); it cannot be rebuilt "
-                         "from the spec: pass the module again as vision=")
+        raise ValueError(
+            f"the vision spec describes a custom tower ({vision.get('class')}); it cannot be rebuilt "
+            "from the spec: pass the module again as vision="
+        )
     if isinstance(vision, dict):
         return VisionSettings.from_dict(vision["settings"] if "kind" in vision else vision)
     raise TypeError(f"vision= takes a name, VisionSettings, spec dict or nn.Module, got {type(vision).__name__}")
@@ -251,24 +262,35 @@ def as_vision_settings(vision: str | VisionSettings | dict) -> VisionSettings:
 def _from_module(module: nn.Module, llm_hidden: int, overrides: dict[str, Any]) -> VisionEncoder:
     embed_dim = getattr(module, "embed_dim", None)
     if not isinstance(embed_dim, int) or isinstance(embed_dim, bool):
-        raise TypeError(f"{type(module).__name__} cannot be used as a vision tower: it needs an integer attribute "
-                        f"`embed_dim` (the width D of its (B, N, D) output), found {embed_dim!r}")
+        raise TypeError(
+            f"{type(module).__name__} cannot be used as a vision tower: it needs an integer attribute "
+            f"`embed_dim` (the width D of its (B, N, D) output), found {embed_dim!r}"
+        )
     if "pretrained" in overrides:
         raise ValueError("pretrained= applies to named (open_clip) towers, not to a custom nn.Module")
     checked = VisionSettings(name=type(module).__name__, pretrained=False, **overrides)  # validates values
     size = getattr(module, "image_size", 224)
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    return VisionEncoder(module, embed_dim, llm_hidden, image_size=size,
-                         mean=tuple(getattr(module, "mean", DEFAULT_MEAN_STD)),
-                         std=tuple(getattr(module, "std", DEFAULT_MEAN_STD)),
-                         pool=checked.pool, projector=checked.projector, unfreeze_last=checked.unfreeze_last)
+    return VisionEncoder(
+        module,
+        embed_dim,
+        llm_hidden,
+        image_size=size,
+        mean=tuple(getattr(module, "mean", DEFAULT_MEAN_STD)),
+        std=tuple(getattr(module, "std", DEFAULT_MEAN_STD)),
+        pool=checked.pool,
+        projector=checked.projector,
+        unfreeze_last=checked.unfreeze_last,
+    )
 
 
 def _reuse(encoder: VisionEncoder, llm_hidden: int, overrides: dict[str, Any]) -> VisionEncoder:
     if overrides or encoder.llm_hidden != llm_hidden:
-        raise ValueError(f"vision= is an already built VisionEncoder (llm_hidden={encoder.llm_hidden}); it is used "
-                         f"as is, so it cannot take overrides {sorted(overrides)} or llm_hidden={llm_hidden}")
+        raise ValueError(
+            f"vision= is an already built VisionEncoder (llm_hidden={encoder.llm_hidden}); it is used "
+            f"as is, so it cannot take overrides {sorted(overrides)} or llm_hidden={llm_hidden}"
+        )
     return encoder
 
 
-__all__ = ["VisionEncoder", "build_vision", "as_vision_settings", "PatchPool", "make_projector", "tower_layout"]
+__all__ = ["VisionEncoder", "build_vision", "as_vision_settings", "tower_layout"]

@@ -34,7 +34,7 @@ ALIASES: dict[str, str] = {"siglip": "ViT-B-16-SigLIP", "siglip-so400m": "ViT-SO
 """Short names accepted for `VisionSettings.name`, mapped to open_clip model names."""
 
 LOCAL_TOWERS: dict[str, dict] = {
-    "siglip-tiny": dict(img_size=64, patch_size=8, embed_dim=128, depth=2, num_heads=4, mlp_ratio=4.0),
+    "siglip-tiny": dict(img_size=64, patch_size=8, embed_dim=128, depth=2, num_heads=4, mlp_ratio=4.0)
 }
 """Small SigLIP-style timm ViTs (no class token, mean/std 0.5, random init) registered by name."""
 
@@ -72,7 +72,7 @@ class TimmTrunkTower(nn.Module):
         x = self.trunk.forward_features(images)  # (n, P + N, D) or (n, C, h, w)
         if x.ndim == 4:
             return x.flatten(2).transpose(1, 2)  # (n, h*w, C)
-        return x[:, getattr(self.trunk, "num_prefix_tokens", 0):]  # (n, N, D)
+        return x[:, getattr(self.trunk, "num_prefix_tokens", 0) :]  # (n, N, D)
 
 
 class NativeViTTower(nn.Module):
@@ -130,8 +130,10 @@ def build_tower(settings: VisionSettings) -> TowerBuild:
     model_cfg = get_model_config(model)
     if model_cfg is None:
         known = ", ".join(sorted(ALIASES) + sorted(LOCAL_TOWERS))
-        raise ValueError(f"unknown vision tower {settings.name!r}: not one of {known} and not an open_clip "
-                         "model name (see open_clip.list_models())")
+        raise ValueError(
+            f"unknown vision tower {settings.name!r}: not one of {known} and not an open_clip "
+            "model name (see open_clip.list_models())"
+        )
     weights, tag_cfg = resolve_weights(settings.name, model, settings.pretrained, settings.cache_dir)
     visual, size = _build_visual(model_cfg, tag_cfg, settings.image_size)
     tower = _wrap_visual(visual)  # unused heads dropped: every remaining key must load
@@ -183,9 +185,19 @@ def _wrap_visual(visual: nn.Module) -> nn.Module:
         return ResNetTower(visual)
     if hasattr(visual, "transformer") and hasattr(visual, "ln_post"):
         return NativeViTTower(visual)
-    raise ValueError(f"open_clip vision tower {type(visual).__name__} is not supported (expected a timm "
-                     "trunk, an open_clip VisionTransformer or a ModifiedResNet)")
+    raise ValueError(
+        f"open_clip vision tower {type(visual).__name__} is not supported (expected a timm "
+        "trunk, an open_clip VisionTransformer or a ModifiedResNet)"
+    )
 
 
-__all__ = ["ALIASES", "LOCAL_TOWERS", "TowerBuild", "TimmTrunkTower", "NativeViTTower", "ResNetTower",
-           "build_tower", "open_clip_name"]
+__all__ = [
+    "ALIASES",
+    "LOCAL_TOWERS",
+    "TowerBuild",
+    "TimmTrunkTower",
+    "NativeViTTower",
+    "ResNetTower",
+    "build_tower",
+    "open_clip_name",
+]

@@ -24,8 +24,10 @@ def to_float_chw(image: Image.Image | np.ndarray | Tensor) -> Tensor:
         raise TypeError(f"transform() takes a PIL image, a numpy array or a tensor, got {type(image).__name__}")
     x = image[None] if image.ndim == 2 else image  # (C, H, W)
     if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
-        raise ValueError(f"transform() expects (H, W[, C]) arrays or (C, H, W) tensors with C in 1/3/4, "
-                         f"got shape {tuple(image.shape)}")
+        raise ValueError(
+            f"transform() expects (H, W[, C]) arrays or (C, H, W) tensors with C in 1/3/4, "
+            f"got shape {tuple(image.shape)}"
+        )
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     return x.expand(3, -1, -1) if x.shape[0] == 1 else x[:3]  # (3, H, W)
 
@@ -36,10 +38,11 @@ def resize_center_crop(x: Tensor, size: int) -> Tensor:
     scale = size / min(h, w)
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
     if (new_h, new_w) != (h, w):
-        x = F.interpolate(x[None], size=(new_h, new_w), mode="bicubic", antialias=True,
-                          align_corners=False)[0].clamp(0.0, 1.0)  # (3, new_h, new_w)
+        x = F.interpolate(x[None], size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)[0].clamp(
+            0.0, 1.0
+        )  # (3, new_h, new_w)
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    return x[:, top:top + size, left:left + size]  # (3, size, size)
+    return x[:, top : top + size, left : left + size]  # (3, size, size)
 
 
 __all__ = ["resize_center_crop", "to_float_chw"]

@@ -31,13 +31,16 @@ def resolve_weights(name: str, model: str, pretrained: bool | str, cache_dir: st
     if isinstance(pretrained, str) and os.path.isfile(os.path.expanduser(pretrained)):
         return os.path.expanduser(pretrained), default_cfg
     if isinstance(pretrained, str) and pretrained not in tags:
-        raise ValueError(f"pretrained={pretrained!r} is neither an existing file nor an open_clip tag of "
-                         f"{model!r} (tags: {tags})")
+        raise ValueError(
+            f"pretrained={pretrained!r} is neither an existing file nor an open_clip tag of {model!r} (tags: {tags})"
+        )
     if pretrained is False:
         return None, default_cfg
     if not tags:
-        raise RuntimeError(f"open_clip has no pretrained weights for {model!r} (vision={name!r}); pass "
-                           "VisionSettings(pretrained=\"/path/to/open_clip_model.safetensors\") or pretrained=False")
+        raise RuntimeError(
+            f"open_clip has no pretrained weights for {model!r} (vision={name!r}); pass "
+            'VisionSettings(pretrained="/path/to/open_clip_model.safetensors") or pretrained=False'
+        )
     tag = pretrained if isinstance(pretrained, str) else tags[0]
     cfg = _tag_cfg(model, tag)
     return _fetch(name, model, tag, cfg, cache_dir), cfg
@@ -69,8 +72,9 @@ def weights_error(name: str, model: str, tag: str, reason: str) -> RuntimeError:
     return RuntimeError(
         f"Pretrained weights for open_clip model {model!r} (vision={name!r}, pretrained tag {tag!r}) could not "
         f"be found locally or downloaded ({reason}). Pass a local checkpoint path, e.g. "
-        "VisionSettings(pretrained=\"/path/to/open_clip_model.safetensors\"), or pretrained=False for a "
-        "randomly initialised tower.")
+        'VisionSettings(pretrained="/path/to/open_clip_model.safetensors"), or pretrained=False for a '
+        "randomly initialised tower."
+    )
 
 
 def _offline() -> bool:
@@ -119,14 +123,16 @@ def load_into(module: nn.Module, path: str) -> None:
         state["positional_embedding"] = holder["visual.positional_embedding"]
     missing, _ = module.load_state_dict(state, strict=False)
     if missing:
-        raise RuntimeError(f"checkpoint {path} does not fit the {type(module).__name__} vision tower: "
-                           f"{len(missing)} missing key(s), e.g. {missing[:4]}")
+        raise RuntimeError(
+            f"checkpoint {path} does not fit the {type(module).__name__} vision tower: "
+            f"{len(missing)} missing key(s), e.g. {missing[:4]}"
+        )
 
 
 def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     if not any(k.startswith(prefix) for k in state):
         return state
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:
@@ -134,7 +140,8 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
     if not path.endswith(".safetensors"):
         return open_clip.factory.load_state_dict(path)
     with safe_open(path, framework="pt") as f:
-        keys = [k for k in f.keys() if k.startswith("visual.")] or list(f.keys())
+        names = list(f.keys())  # a safe_open handle is not iterable itself
+        keys = [k for k in names if k.startswith("visual.")] or names
         return {k: f.get_tensor(k) for k in keys}
 
 

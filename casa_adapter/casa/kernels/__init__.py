@@ -42,5 +42,12 @@ KERNELS = {
 """Kernel names for `CasaSettings.kernel`. The flash path has no entry of its own: it needs CUDA and
 flash-attn, and "auto" takes it whenever it can run."""
 
-__all__ = ["KERNELS", "KeyLayout", "auto_casa_attention", "reference_casa_attention", "sdpa_casa_attention",
-           "windowed_casa_attention", "flash_casa_attention"]
+__all__ = [
+    "KERNELS",
+    "KeyLayout",
+    "auto_casa_attention",
+    "reference_casa_attention",
+    "sdpa_casa_attention",
+    "windowed_casa_attention",
+    "flash_casa_attention",
+]

@@ -77,8 +77,17 @@ def flash_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Te
         return windowed_casa_attention(q, k, v, layout, scaling)
     q_rows, k_rows, cu_q, cu_k, max_q, max_k, causal = segments
     rows = lambda x: x.transpose(1, 2).reshape(-1, x.shape[1], hd)  # (B*T, h, hd)
-    out = _varlen()(rows(q)[q_rows], rows(k)[k_rows], rows(v)[k_rows], cu_q, cu_k, max_q, max_k,
-                    softmax_scale=scaling, causal=causal)  # (Nq, H, hd)
+    out = _varlen()(
+        rows(q)[q_rows],
+        rows(k)[k_rows],
+        rows(v)[k_rows],
+        cu_q,
+        cu_k,
+        max_q,
+        max_k,
+        softmax_scale=scaling,
+        causal=causal,
+    )  # (Nq, H, hd)
     full = q.new_zeros(B * Tq, H, hd).index_put((q_rows,), out)  # (B*Tq, H, hd)
     return full.view(B, Tq, H, hd).transpose(1, 2)  # (B, H, Tq, hd)
 

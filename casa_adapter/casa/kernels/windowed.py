@@ -19,7 +19,7 @@ from casa_adapter.casa.kernels.plan import plan_windows
 
 def _gather_blocks(x: torch.Tensor, slots: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
     """Blocks (n, h, L, hd) of x (B, h, T, hd) read at flat token slots (N,) (b * T + t); sizes = (n, L) per block."""
-    B, h, T, hd = x.shape
+    _, h, T, hd = x.shape  # (B, h, T, hd)
     if x.transpose(1, 2).is_contiguous():  # token-major memory, as projections produce: rows need no copy
         rows, (sb, sh, st) = x.transpose(1, 2).reshape(-1, hd), (T * h, 1, h)  # (B*T*h, hd)
     else:
@@ -40,15 +40,17 @@ def windowed_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch
     if plan is None:
         return q.new_zeros(q.shape)
     q_sizes, k_sizes = [(n, lq) for n, lq, _ in plan.shapes], [(n, lk) for n, _, lk in plan.shapes]
-    qs, ks, vs = (_gather_blocks(x, sl, sz) for x, sl, sz in
-                  ((q, plan.q_slots, q_sizes), (k, plan.k_slots, k_sizes), (v, plan.k_slots, k_sizes)))
+    qs, ks, vs = (
+        _gather_blocks(x, sl, sz)
+        for x, sl, sz in ((q, plan.q_slots, q_sizes), (k, plan.k_slots, k_sizes), (v, plan.k_slots, k_sizes))
+    )
     with torch.no_grad():  # output row of each (chunk, head, slot); dropped slots go to the spare row B * Tq
         dest = torch.where(plan.keep, plan.q_slots, B * Tq).split([n * lq for n, lq in q_sizes])
         head = torch.arange(H, device=q.device).view(1, H, 1)
         dest = [(d.view(n, 1, lq) * H + head).reshape(-1) for d, (n, lq) in zip(dest, q_sizes)]
     out = q.new_zeros((B * Tq + 1) * H, hd)  # token-major rows, one spare token
     for qb, kb, vb, mask, at in zip(qs, ks, vs, plan.masks, dest):
-        ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scaling, enable_gqa=H != k.shape[1])
+        ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scaling, enable_gqa=k.shape[1] != H)
         out = out.index_put_((at,), ob.reshape(-1, hd))  # ob (n, H, Lq, hd)
     return out[: B * Tq * H].view(B, Tq, H, hd).transpose(1, 2)  # (B, H, Tq, hd)
 

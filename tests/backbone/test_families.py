@@ -1,0 +1,110 @@
+"""The family table, its structural fallback, and the error for what cannot be wrapped."""
+
+import pytest
+import torch
+import transformers as tf
+
+import casa_adapter
+from casa_adapter.backbone.families import FAMILIES, family_spec
+from casa_adapter.casa.windows import CasaInputs
+
+from conftest import FAMILY_CONFIGS, TINY, tiny_llm, tiny_tower
+
+
+def test_every_tested_family_is_in_the_table():
+    assert set(FAMILY_CONFIGS) <= set(FAMILIES)
+    assert len(FAMILY_CONFIGS) >= 8
+
+
+def test_copy_init_reproduces_self_attention(family):
+    """init='copy': CASA q/k/v/o (and norms) equal SA's, so over a text-only window CASA output equals SA's."""
+    model = casa_adapter.wrap(tiny_llm(family), vision=tiny_tower(), init="copy", layers=[0])
+    spec = family_spec(model.llm)
+    wrapper = getattr(model.llm.get_submodule(spec.blocks)[0], spec.attention)
+    T, x = 6, torch.randn(1, 6, 64)
+    # one padding image token (window 0: never attended) so the layer runs; all text in window 1
+    inputs = CasaInputs(
+        torch.ones(1, T, dtype=torch.long),
+        torch.arange(T).unsqueeze(0),
+        torch.zeros(1, 1, 64),
+        torch.zeros(1, 1, dtype=torch.long),
+        torch.zeros(1, 1, dtype=torch.long),
+    )
+    kwargs = {}
+    if spec.rope:
+        rotary = model.llm.get_submodule(spec.blocks.rsplit(".", 1)[0]).rotary_emb
+        extra = {"layer_type": model.config.layer_types[0]} if family == "gemma3_text" else {}
+        kwargs["position_embeddings"] = rotary(x, torch.arange(T).unsqueeze(0), **extra)
+    casa_out = wrapper.casa(x, inputs, kwargs.get("position_embeddings"))
+    causal = torch.where(torch.tril(torch.ones(T, T, dtype=torch.bool)), 0.0, float("-inf"))[None, None]
+    sa_out = wrapper.sa(x, attention_mask=causal, **kwargs)[0]
+    assert torch.allclose(casa_out, sa_out, atol=1e-5), (casa_out - sa_out).abs().max()
+
+
+def test_structural_fallback_wraps_an_unlisted_family():
+    cfg = tf.Starcoder2Config(**{**TINY, "sliding_window": None})
+    assert cfg.model_type not in FAMILIES
+    torch.manual_seed(0)
+    llm = tf.Starcoder2ForCausalLM(cfg).eval()
+    ids = torch.randint(1, 90, (1, 10))
+    base = llm(ids).logits
+    model = casa_adapter.wrap(llm, vision=tiny_tower(), init="copy")
+    assert torch.equal(model(ids).logits, base)
+    ids[0, 4] = model.image_token_id
+    out = model.generate(ids, images=[torch.rand(1, 3, 16, 16)], max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 13)
+
+
+def test_unsupported_model_names_type_and_what_is_missing():
+    cfg = tf.MambaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, state_size=4)
+    llm = tf.MambaForCausalLM(cfg)
+    with pytest.raises(casa_adapter.UnsupportedModelError, match="'mamba'.*no decoder-block list"):
+        casa_adapter.wrap(llm, vision=tiny_tower())
+
+
+def test_gpt2_has_no_rope_and_ca_variant_has_no_positions():
+    model = casa_adapter.wrap(tiny_llm("gpt2"), vision=tiny_tower())
+    assert model.llm.transformer.h[0].attn.casa.rope_fn is None
+    model = casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), variant="ca")
+    assert model.llm.model.layers[0].self_attn.casa.rope_fn is None
+    model = casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), variant="casa")
+    assert model.llm.model.layers[0].self_attn.casa.rope_fn is not None
+
+
+def test_family_whose_blocks_drop_kwargs_is_refused_and_left_untouched():
+    """StableLM's decoder layer does not pass **kwargs to attention: images could never arrive."""
+    cfg = tf.StableLmConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    llm = tf.StableLmForCausalLM(cfg)
+    state = {k: v.clone() for k, v in llm.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in llm.named_parameters()}
+    with pytest.raises(casa_adapter.UnsupportedModelError, match="'stablelm'.*do not pass keyword arguments"):
+        casa_adapter.wrap(llm, vision=tiny_tower(), lora=casa_adapter.LoraSettings(rank=2))
+    after = llm.state_dict()
+    assert set(after) == set(state) and all(torch.equal(state[k], after[k]) for k in state)  # LoRA and CASA removed
+    assert grads == {n: p.requires_grad for n, p in llm.named_parameters()}
+
+
+def test_fallback_without_rope_wraps_opt():
+    cfg = tf.OPTConfig(
+        vocab_size=96, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64
+    )
+    llm = tf.OPTForCausalLM(cfg).eval()
+    model = casa_adapter.wrap(llm, vision=tiny_tower(), init="copy")
+    assert model.llm.model.decoder.layers[0].self_attn.casa.rope_fn is None
+    ids = torch.randint(4, 90, (1, 8))
+    ids[0, 3] = model.image_token_id
+    a = model(ids, images=[torch.rand(1, 3, 16, 16)]).logits
+    b = model(ids, images=[torch.rand(1, 3, 16, 16)]).logits
+    assert torch.equal(a[0, :3], b[0, :3]) and not torch.allclose(a[0, 3:], b[0, 3:])
+
+
+def test_not_a_causal_lm_is_a_clear_error():
+    with pytest.raises(casa_adapter.UnsupportedModelError, match="no `config.model_type`"):
+        casa_adapter.wrap(torch.nn.Linear(2, 2), vision=tiny_tower())

@@ -1,0 +1,103 @@
+"""The trainable set by structure and count; one optimizer step leaves everything else bit-identical."""
+
+import pytest
+import torch
+
+import casa_adapter
+from casa_adapter.casa.layer import CasaLayer
+
+from conftest import tiny_llm, tiny_tower
+
+
+def expected_casa_count(model) -> int:
+    return sum(p.numel() for m in model.modules() if isinstance(m, CasaLayer) for p in m.parameters())
+
+
+def test_trainable_groups_and_counts(family):
+    model = casa_adapter.wrap(
+        tiny_llm(family), vision=tiny_tower(), every=2, lora=casa_adapter.LoraSettings(rank=4, targets=None)
+    )
+    names = set(model.trainable_parameter_names())
+    params = dict(model.named_parameters())
+    assert names == {n for n, p in params.items() if p.requires_grad}
+    counts = model.trainable_counts()
+    assert counts["casa"] == expected_casa_count(model) > 0
+    assert counts["marker"] == model.config.hidden_size
+    assert counts["projector"] == sum(p.numel() for p in model.vision.projector.parameters())
+    assert counts["vision"] == 0
+    # LoRA: every targeted linear gets A (r x in) and B (out x r); CASA and the LM head are never targets
+    assert counts["lora"] > 0 and all("lora_" in n for n in model.trainable_groups()["lora"])
+    assert not any(".casa." in n and "lora_" in n for n in names)
+    assert not any(
+        n.endswith(("lm_head.weight", "wte.weight", "embed_tokens.base.weight", "wte.base.weight")) for n in names
+    )
+    assert counts["total"] == sum(params[n].numel() for n in names)
+
+
+def test_lora_targets_filter_and_count():
+    llm = tiny_llm("llama")
+    model = casa_adapter.wrap(
+        llm, vision=tiny_tower(), lora=casa_adapter.LoraSettings(rank=2, targets=["q_proj", "v_proj"])
+    )
+    lora = model.trainable_groups()["lora"]
+    blocks, hidden, q_out, kv_out = 3, 64, 64, 32
+    assert len(lora) == blocks * 2 * 2  # q and v, A and B
+    assert model.trainable_counts()["lora"] == blocks * (2 * (hidden + q_out) + 2 * (hidden + kv_out))
+    with pytest.raises(ValueError, match="match no linear layer"):
+        casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), lora=casa_adapter.LoraSettings(targets=["nope"]))
+
+
+def test_one_step_changes_only_trainables(family):
+    model = casa_adapter.wrap(tiny_llm(family), vision=tiny_tower(), lora=casa_adapter.LoraSettings(rank=4))
+    model.train()
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    ids = torch.randint(1, 90, (2, 12))
+    ids[:, 2] = model.image_token_id
+    labels = ids.masked_fill(ids == model.image_token_id, -100)
+    for _ in range(2):  # two steps: after the first, zero-initialised outputs let gradients reach q/k/v
+        loss = model(ids, images=[torch.rand(1, 3, 16, 16)] * 2, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    params = dict(model.named_parameters())
+    for n, before in frozen_before.items():
+        assert torch.equal(params[n], before), n
+    changed = [n for n, before in trainable_before.items() if not torch.equal(params[n], before)]
+    groups = model.trainable_groups()
+    for group in ("casa", "marker", "lora", "projector"):
+        assert set(groups[group]) & set(changed), f"no {group} parameter moved"
+
+
+def test_unfreeze_last_vision_blocks():
+    model = casa_adapter.wrap(tiny_llm("llama"), vision="siglip-tiny", pretrained=False, unfreeze_last=1)
+    vision = model.trainable_groups()["vision"]
+    assert vision and all(n.startswith("vision.tower.") for n in vision)
+    tower = dict(model.vision.tower.named_parameters())
+    frozen_tower = [n for n, p in tower.items() if not p.requires_grad]
+    assert frozen_tower  # earlier blocks stay frozen
+    assert model.trainable_counts()["vision"] == sum(tower[n[len("vision.tower.") :]].numel() for n in vision)
+
+
+def test_tied_embeddings_stay_tied_and_frozen():
+    llm = tiny_llm("qwen2")
+    assert llm.config.tie_word_embeddings
+    model = casa_adapter.wrap(llm, vision=tiny_tower())
+    emb = model.llm.get_input_embeddings()
+    assert model.llm.get_output_embeddings().weight is emb.weight
+    assert not emb.weight.requires_grad and emb.marker.requires_grad
+
+
+def test_merge_lora_keeps_logits():
+    model = casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), lora=casa_adapter.LoraSettings(rank=4))
+    with torch.no_grad():
+        for n in model.trainable_groups()["lora"]:
+            dict(model.named_parameters())[n].normal_(0, 0.05)
+    ids = torch.randint(1, 90, (1, 10))
+    ids[0, 2] = model.image_token_id
+    images = [torch.rand(1, 3, 16, 16)]
+    before = model(ids, images=images).logits
+    assert model.merge_lora() == 3 * 7
+    assert not model.trainable_groups()["lora"]
+    assert torch.allclose(model(ids, images=images).logits, before, atol=1e-5)
