@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Variant = Literal["casa", "ca", "shared"]
 Init = Literal["zero", "copy"]
 Fusion = Literal["casa", "insertion"]
+Kernel = Literal["auto", "windowed", "sdpa", "reference"]
 
 
 class _DictMixin:
@@ -76,7 +77,7 @@ class CasaSettings(_DictMixin):
     with a frozen LLM backward stops at the lowest CASA block: CASA only in the top blocks then
     trains several times faster (docs/performance.md)."""
 
-    kernel: str = "auto"
+    kernel: Kernel = "auto"
     """CASA attention kernel (`casa_adapter.casa.kernels.KERNELS`): `auto` = flash varlen on CUDA with
     flash-attn, windowed SDPA otherwise, dense SDPA for one-token decode steps; `windowed`, `sdpa`,
     `reference` force one (docs/kernels.md)."""
@@ -90,6 +91,8 @@ class CasaSettings(_DictMixin):
             raise ValueError(f"CasaSettings.init must be 'zero' or 'copy', got {self.init!r}")
         if self.fusion not in ("casa", "insertion"):
             raise ValueError(f"CasaSettings.fusion must be 'casa' or 'insertion', got {self.fusion!r}")
+        if self.kernel not in get_args(Kernel):
+            raise ValueError(f"CasaSettings.kernel must be one of {list(get_args(Kernel))}, got {self.kernel!r}")
 
 
 @dataclass
@@ -170,4 +173,4 @@ class ModelSettings:
     """Start from a saved adapter directory (its manifest's settings replace `casa`/`vision`/`lora`)."""
 
 
-__all__ = ["CasaSettings", "ModelSettings", "LoraSettings", "VisionSettings", "Variant", "Init", "Fusion"]
+__all__ = ["CasaSettings", "ModelSettings", "LoraSettings", "VisionSettings", "Variant", "Init", "Fusion", "Kernel"]

@@ -1,4 +1,4 @@
-"""Small offline tokenizers for the tests (re-exported from `casa_adapter.base_models`)."""
+"""Small offline tokenizers for the tests (re-exported from `casa_adapter.backbone.base_models`)."""
 
 from __future__ import annotations
 

@@ -141,7 +141,7 @@ class FusionModel(nn.Module):
     # -- streaming ------------------------------------------------------------------------
     def stream(self):
         """A streaming session (batch 1): `add_image`, `add_text`, `generate`, `state_bytes`.
-        See `casa_adapter.stream` and docs/streaming.md."""
+        See `casa_adapter.fusion.stream` and docs/streaming.md."""
         raise NotImplementedError
 
     # -- adapters ------------------------------------------------------------------------

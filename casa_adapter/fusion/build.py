@@ -32,7 +32,6 @@ from casa_adapter.backbone.base_models import load_base
 from casa_adapter.backbone.families import FamilySpec, family_spec
 from casa_adapter.backbone.lora import apply_lora, remove_lora
 from casa_adapter.casa.attach import attach_casa, casa_blocks, detach_casa
-from casa_adapter.casa.kernels import KERNELS
 from casa_adapter.casa.marker import MarkerEmbedding
 from casa_adapter.casa.parallel import CasaAttention
 from casa_adapter.config import CasaSettings, LoraSettings, ModelSettings, VisionSettings
@@ -117,8 +116,6 @@ def build_model(
 ) -> CasaModel | InsertionModel:
     """The shared build steps around `FUSIONS[settings.fusion]` (see the module docstring)."""
     fusion = FUSIONS[settings.fusion]
-    if settings.kernel not in KERNELS:
-        raise ValueError(f"kernel={settings.kernel!r}: choose one of {sorted(KERNELS)}")
     spec = family_spec(llm)
     indices = fusion.blocks(llm, spec, settings)
     grads = {n: p.requires_grad for n, p in llm.named_parameters()}

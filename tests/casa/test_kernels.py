@@ -264,3 +264,13 @@ def test_one_plan_per_forward_for_all_casa_layers(monkeypatch):
     assert len(made) == 1
     model(ids, attention_mask=mask, images=images)
     assert len(made) == 2  # a new call, a new layout: nothing is carried over between forwards
+
+
+def test_kernel_setting_names_exactly_the_registered_kernels():
+    from typing import get_args
+
+    from casa_adapter.config import Kernel
+
+    assert set(get_args(Kernel)) == set(KERNELS)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        casa_adapter.CasaSettings(kernel="flash")

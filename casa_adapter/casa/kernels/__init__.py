@@ -22,12 +22,13 @@ from casa_adapter.casa.kernels.windowed import windowed_casa_attention
 
 
 def auto_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Tensor:
-    """FlashAttention varlen on CUDA in fp16/bf16 when `flash-attn` is installed; the dense SDPA kernel for
-    one query per row (a decode step: nothing to group, its mask is (B, 1, K)); the windowed kernel otherwise."""
-    if use_flash(q):
-        kernel = flash_casa_attention
-    elif q.shape[2] == 1:
+    """The dense SDPA kernel for one query per row (a decode step: nothing to group, its mask is (B, 1, K),
+    and no varlen bookkeeping per layer and step); FlashAttention varlen on CUDA in fp16/bf16 when
+    `flash-attn` is installed; the windowed kernel otherwise."""
+    if q.shape[2] == 1:
         kernel = sdpa_casa_attention
+    elif use_flash(q):
+        kernel = flash_casa_attention
     else:
         kernel = windowed_casa_attention
     return kernel(q, k, v, layout, scaling)
