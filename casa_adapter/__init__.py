@@ -11,6 +11,7 @@ The package's map is docs/architecture.md.
 from casa_adapter.adapters.manifest import AdapterError
 from casa_adapter.backbone.families import UnsupportedModelError
 from casa_adapter.config import CasaSettings, LoraSettings, VisionSettings
+from casa_adapter.export.auto import register as _register_auto_classes
 from casa_adapter.fusion.build import load_adapter, wrap
 from casa_adapter.fusion.casa_model import CasaModel
 from casa_adapter.processor import Processor
@@ -28,6 +29,8 @@ __all__ = [
     "UnsupportedModelError",
 ]
 __version__ = "0.1.0"
+
+_register_auto_classes()  # AutoConfig / AutoModelForImageTextToText / AutoProcessor know casa_adapter folders
 
 
 def __getattr__(name: str):

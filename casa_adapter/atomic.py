@@ -53,7 +53,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
     try:
         yield tmp
-        for f in tmp.iterdir():
+        for f in (p for p in tmp.rglob("*") if p.is_file()):
             os.chmod(f, 0o666 & ~_umask())
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

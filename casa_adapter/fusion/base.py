@@ -14,10 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from casa_adapter.adapters.io import save_adapter
 from casa_adapter.backbone.families import FamilySpec, decoder_blocks
 from casa_adapter.backbone.lora import merge_lora
 from casa_adapter.backbone.state_keys import state_keys
 from casa_adapter.config import CasaSettings, LoraSettings
+from casa_adapter.export.pretrained import save_pretrained
 
 ImagesArg = list[Any] | None
 
@@ -151,10 +153,17 @@ class FusionModel(nn.Module):
         self.lora_targets = []
         return merged
 
+    def save_pretrained(
+        self, directory: str, merged: bool = False, tokenizer=None, processor=None, training: dict | None = None
+    ):
+        """A Hugging Face-style folder that `transformers.AutoModelForImageTextToText.from_pretrained` loads
+        (after `import casa_adapter`): the adapter form (default; the base is loaded from where it is
+        recorded) or `merged=True` (self-contained). Give `tokenizer` (or `processor`) for
+        `AutoProcessor.from_pretrained`; `training` facts go into the model card. See docs/export.md."""
+        return save_pretrained(self, directory, merged, tokenizer, processor, training)
+
     def save_adapter(self, directory: str) -> None:
         """Write the trainable weights (safetensors) and a JSON manifest to `directory`, atomically."""
-        from casa_adapter.adapters.io import save_adapter
-
         save_adapter(self, directory)
 
 

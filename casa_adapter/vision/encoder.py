@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from casa_adapter.config import VisionSettings
 from casa_adapter.vision.projector import PatchPool, make_projector, square_side
 from casa_adapter.vision.towers import LOCAL_TOWERS, build_tower
-from casa_adapter.vision.transform import resize_center_crop, to_float_chw
+from casa_adapter.vision.transform import ImageTransform
 
 DEFAULT_MEAN_STD = (0.5, 0.5, 0.5)
 """Normalisation of a custom tower that declares no `mean` / `std` (SigLIP's)."""
@@ -115,17 +115,13 @@ class VisionEncoder(nn.Module):
         return side, side
 
     def transform(self, image: Image.Image | np.ndarray | Tensor) -> Tensor:
-        """One image -> (3, image_size, image_size) float32, normalised with `mean` / `std`.
+        """One image -> (3, image_size, image_size) float32, normalised with `mean` / `std`
+        (`image_transform()`; see `casa_adapter.vision.transform.ImageTransform`)."""
+        return self.image_transform()(image)
 
-        Accepts a PIL image (any mode, RGB-converted), an (H, W[, C]) ndarray or a (C, H, W) /
-        (H, W) tensor (uint8 in [0, 255] or float in [0, 1]; 1 channel is repeated, alpha
-        dropped). The shorter side is resized to `image_size` (bicubic, antialiased), then
-        center-cropped."""
-        x = to_float_chw(image)  # (3, H, W) in [0, 1]
-        x = resize_center_crop(x, self.image_size)  # (3, S, S)
-        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
-        return (x - mean) / std
+    def image_transform(self) -> ImageTransform:
+        """This encoder's preprocessing as a stand-alone, JSON-describable `ImageTransform`."""
+        return ImageTransform(self.image_size, self.mean, self.std)
 
     def spec(self) -> dict[str, Any]:
         """A JSON-able description for adapter manifests; `build_vision(spec)` rebuilds a named

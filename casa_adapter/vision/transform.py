@@ -1,15 +1,49 @@
-"""Image preprocessing shared by every tower: any image -> float (3, S, S), resized and center-cropped.
+"""Image preprocessing shared by every tower: any image -> float (3, S, S), resized, center-cropped, normalised.
 
-`VisionEncoder.transform` normalises the result with the tower's mean/std.
+`ImageTransform(image_size, mean, std)` is what `VisionEncoder.transform` applies; it is a plain
+dataclass, so a processor saved to a folder describes it in JSON and rebuilds it without the model.
+
+    >>> t = ImageTransform(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    >>> t(torch.rand(3, 120, 90)).shape
+    torch.Size([3, 64, 64])
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """One image -> (3, image_size, image_size) float32, normalised with `mean` / `std`.
+
+    Accepts a PIL image (any mode, RGB-converted), an (H, W[, C]) ndarray or a (C, H, W) / (H, W)
+    tensor (uint8 in [0, 255] or float in [0, 1]; 1 channel is repeated, alpha dropped). The
+    shorter side is resized to `image_size` (bicubic, antialiased), then center-cropped."""
+
+    image_size: int
+    """Side S of the square output."""
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, image: Image.Image | np.ndarray | Tensor) -> Tensor:
+        x = resize_center_crop(to_float_chw(image), self.image_size)  # (3, S, S) in [0, 1]
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        return (x - mean) / std
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImageTransform:
+        return cls(int(data["image_size"]), tuple(data["mean"]), tuple(data["std"]))
 
 
 def to_float_chw(image: Image.Image | np.ndarray | Tensor) -> Tensor:
@@ -45,4 +79,4 @@ def resize_center_crop(x: Tensor, size: int) -> Tensor:
     return x[:, top : top + size, left : left + size]  # (3, size, size)
 
 
-__all__ = ["resize_center_crop", "to_float_chw"]
+__all__ = ["ImageTransform", "resize_center_crop", "to_float_chw"]
