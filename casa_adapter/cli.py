@@ -8,6 +8,7 @@ shape itself, on top of `LightningCLI`:
     casa-adapter fit|validate --config RECIPE [...]                    # LightningCLI, unchanged
     casa-adapter data ...                                              # casa_adapter.data.commands
     casa-adapter eval ...                                              # casa_adapter.eval
+    casa-adapter export ...                                            # casa_adapter.export.command
     casa-adapter bench ...                                             # casa_adapter.bench.commands
     casa-adapter study ...                                             # casa_adapter.study
 """
@@ -30,6 +31,11 @@ training (LightningCLI; recipes name casa_adapter.CasaModule and casa_adapter.da
 
 evaluation (casa-adapter eval --help):
   eval --adapter DIR --base NAME --shards SPEC   generate answers on shards, write JSONL, print metrics
+
+export (casa-adapter export --help):
+  export SRC --out DIR [--merged | --peft | --text-llm] [--base NAME]
+                           an adapter dir, saved folder or .ckpt -> a save_pretrained folder (adapter or
+                           merged form), a peft LoRA adapter, or a plain HF text LLM
 
 data (casa-adapter data --help):
   data check SHARDS...     good/bad sample counts by reason
@@ -78,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         from casa_adapter.eval import main as eval_main
 
         return eval_main(rest)
+    if command == "export":
+        from casa_adapter.export.command import main as export_main
+
+        return export_main(rest)
     if command == "bench":
         from casa_adapter.bench.commands import main as bench_main
 

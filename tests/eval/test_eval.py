@@ -265,7 +265,7 @@ def test_errors_are_clear(demo, adapter, tmp_path, capsys):
     )
     assert "missing.gguf does not exist" in capsys.readouterr().err  # load_base's error
     assert main(["--adapter", str(adapter[0]), "--shards", val]) == 2
-    assert "tiny-random-llama" in capsys.readouterr().err  # names the base the adapter was trained on
+    assert "trained on 'tiny'" in capsys.readouterr().err  # names the base the adapter was trained on
     llm, _ = load_base("tiny")
     casa_adapter.wrap(llm, vision=tiny_tower(), every=2).save_adapter(str(tmp_path / "custom"))
     assert main(["--adapter", str(tmp_path / "custom"), "--base", "tiny", "--shards", val]) == 2
