@@ -140,13 +140,32 @@ class Processor:
 
     # ---- one sample -------------------------------------------------------------------------
 
-    def __call__(self, chat: Any, images: Any = None, *, add_generation_prompt: bool = False) -> dict:
-        """Process one chat. Returns `input_ids`, `attention_mask`, `labels` (LongTensor `(T,)`)
-        and `images` (`(n, 3, H, W)` float tensor, or None without images).
+    def __call__(
+        self, chat: Any, images: Any = None, *, add_generation_prompt: bool = False, return_tensors: str | None = None
+    ) -> dict:
+        """Process one chat (a list of messages, a dict holding one, or a plain string: one user message).
+        Returns `input_ids`, `attention_mask`, `labels` (LongTensor `(T,)`) and `images` (`(n, 3, H, W)`
+        float tensor, or None without images).
 
-        `add_generation_prompt=True` is for inference: the text ends with the template's
-        generation prompt and every label is -100.
+        `add_generation_prompt=True` is for inference: the text ends with the template's generation
+        prompt and every label is -100. `return_tensors="pt"` returns a batch of one, ready for
+        `model.generate(**inputs)` / `model(**inputs)`: `input_ids` and `attention_mask` `(1, T)`,
+        `images` a one-entry list, and no `labels` with `add_generation_prompt`.
         """
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
+        if isinstance(chat, str):
+            chat = [{"role": "user", "content": chat}]
+        out = self._process(chat, images, add_generation_prompt)
+        if return_tensors is None:
+            return out
+        batch = {"input_ids": out["input_ids"][None], "attention_mask": out["attention_mask"][None]}  # (1, T)
+        batch["images"] = None if out["images"] is None else [out["images"]]
+        if not add_generation_prompt:
+            batch["labels"] = out["labels"][None]
+        return batch
+
+    def _process(self, chat: Any, images: Any, add_generation_prompt: bool) -> dict:
         messages = normalize_chat(chat, self.placeholder, self.system_prompt)
         pieces = self._pieces(messages, add_generation_prompt)
         n_markers = sum(p.text is None for p in pieces)

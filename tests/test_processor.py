@@ -219,7 +219,9 @@ def test_collate_falls_back_to_eos_for_padding(tok):
 
 
 def test_from_model_reads_marker_and_transform(tok):
-    model = types.SimpleNamespace(image_token_id=len(tok) + 7, vision=types.SimpleNamespace(transform=to_tensor))
+    model = types.SimpleNamespace(
+        image_token_id=len(tok) + 7, vision=types.SimpleNamespace(image_transform=lambda: to_tensor)
+    )
     proc = Processor.from_model(model, tok)
     assert proc.image_token_id == len(tok) + 7 and proc.image_transform is to_tensor
     bare = Processor.from_model(types.SimpleNamespace(image_token_id=3, vision=None), tok, placeholder="<img>")

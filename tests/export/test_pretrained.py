@@ -138,14 +138,12 @@ def test_auto_processor_gives_inputs_that_generate_takes(tmp_path):
     batch = processor.collate([processor(chat, [image], add_generation_prompt=True)], padding_side="left")
     want = casa_adapter.Processor.from_model(model, tokenizer)(chat, [image], add_generation_prompt=True)
     assert torch.equal(batch["input_ids"][0], want["input_ids"]) and torch.equal(batch["images"][0], want["images"])
-    out = model.generate(
-        batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        images=batch["images"],
-        max_new_tokens=3,
-        do_sample=False,
-    )
-    assert out.shape == (1, batch["input_ids"].shape[1] + 3)
+    ready = processor(chat, [image], add_generation_prompt=True, return_tensors="pt")
+    assert "labels" not in ready and torch.equal(ready["input_ids"][0], want["input_ids"])
+    out = model.generate(**ready, max_new_tokens=3, do_sample=False)  # no casa_adapter-specific call
+    assert out.shape == (1, ready["input_ids"].shape[1] + 3)
+    text = processor("<image>\nWhat is it?", [image], add_generation_prompt=True, return_tensors="pt")
+    assert torch.equal(text["input_ids"], ready["input_ids"])  # a plain string is one user message
 
 
 def test_newer_folder_version_and_foreign_config_are_refused(tmp_path):
