@@ -170,3 +170,21 @@ def test_dtype_and_device_map_are_honoured(tmp_path):
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16} and loaded.device.type == "cpu"
     with pytest.raises(ValueError, match="one device"):
         transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "out", device_map={"a": "cpu", "b": 0})
+
+
+def test_wrong_base_and_damaged_files_are_named(tmp_path):
+    model = trained(tmp_path, "llama")
+    model.save_pretrained(tmp_path / "adapter")
+    model.save_pretrained(tmp_path / "merged", merged=True)
+    tiny_llm("llama", seed=9).save_pretrained(tmp_path / "base")  # other weights where the base was
+    with pytest.raises(casa_adapter.AdapterError) as err:
+        transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "adapter")
+    assert model.base_fingerprint in str(err.value) and "has fingerprint sha256:" in str(err.value)
+    weights = tmp_path / "merged" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(casa_adapter.AdapterError, match="cannot read safetensors"):
+        transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+    adapter_weights = tmp_path / "adapter" / "adapter.safetensors"
+    adapter_weights.write_bytes(adapter_weights.read_bytes()[:100])
+    with pytest.raises(casa_adapter.AdapterError, match="truncated or was modified"):
+        transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "adapter", base=str(tmp_path / "base"))
