@@ -5,7 +5,8 @@ not subclassed, so any family works): it runs SA, then adds the CASA layer's out
 the same normed input. Images arrive as the `casa_inputs` keyword the model passes down the HF
 forward; during `generate` and streaming the layer's window cache comes from the `CasaCache` that
 travels as the model's cache. The state dict keeps the base's keys (`self_attn.q_proj.weight`, not
-`self_attn.sa.q_proj.weight`); the CASA layer's tensors are `self_attn.casa.*`.
+`self_attn.sa.q_proj.weight`), and attribute access falls through to the self-attention
+(`self_attn.q_proj` is the base's projection); the CASA layer's tensors are `self_attn.casa.*`.
 
 Example:
     >>> import casa_adapter
@@ -36,6 +37,17 @@ class CasaAttention(nn.Module):
         super().__init__()
         self.sa, self.casa = sa, casa
         keep_base_keys(self, "sa")
+
+    def __getattr__(self, name: str):
+        """Attributes this wrapper lacks are the self-attention's (`self_attn.q_proj`, `.layer_idx`, ...), so code
+        that walks state-dict keys as attribute paths (torch.distributed.checkpoint, FSDP2 state dicts) or reads
+        the attention's own attributes sees the base's module."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "sa":
+                raise
+            return getattr(self.sa, name)
 
     def forward(self, *args, **kwargs):
         inputs: CasaInputs | None = kwargs.pop("casa_inputs", None)

@@ -107,3 +107,14 @@ def test_keep_base_keys_on_a_plain_wrapper():
     result = outer.load_state_dict(source.state_dict(), strict=False)
     assert result.unexpected_keys == [] and sorted(result.missing_keys) == ["0.extra.bias", "0.extra.weight"]
     assert torch.equal(outer[0].inner.weight, source[0].weight)
+
+
+def test_every_state_key_is_an_attribute_path():
+    """torch.distributed.checkpoint (FSDP2 state dicts) walks each key with getattr: every key must resolve to
+    the very tensor the state dict holds."""
+    model, _ = wrapped("llama", lora=True)
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        obj = model
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        assert obj is tensor, key
