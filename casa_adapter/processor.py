@@ -15,20 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from casa_adapter.messages import KEEP, Message, normalize_chat
-from casa_adapter.vision.transform import ImageTransform
-
-PROCESSOR_FILE = "casa_processor.json"
-"""What `Processor.save_pretrained` writes beside the tokenizer's files."""
-PROCESSOR_FORMAT = "casa-adapter-processor"
 
 IGNORE_INDEX = -100
 """Label of every token that carries no loss (prompt, markers, padding)."""
@@ -90,53 +82,6 @@ class Processor:
         kw.setdefault("image_transform", vision.image_transform() if vision is not None else None)
         kw.setdefault("image_token_id", model.image_token_id)
         return cls(tokenizer, **kw)
-
-    # ---- folders ------------------------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the tokenizer (with its chat template) and `casa_processor.json` (marker id, placeholder,
-        limits, the image transform) into `directory`, so `Processor.from_pretrained` (and
-        `transformers.AutoProcessor.from_pretrained` after `import casa_adapter`) rebuild this processor."""
-        transform = self.image_transform
-        if transform is not None and not isinstance(transform, ImageTransform):
-            raise ValueError(
-                f"image_transform {transform!r} is not an ImageTransform, so it cannot be written to a folder; "
-                "build the processor with Processor.from_model(model, tokenizer) or an ImageTransform"
-            )
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(directory)
-        settings = {
-            "format": PROCESSOR_FORMAT,
-            "image_token_id": self.image_token_id,
-            "placeholder": self.placeholder,
-            "max_length": self.max_length,
-            "image_transform": None if transform is None else transform.to_dict(),
-        }
-        if self.system_prompt is not KEEP:
-            settings["system_prompt"] = self.system_prompt
-        (Path(directory) / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> Processor:
-        """The processor `save_pretrained` wrote to `directory` (keyword arguments other than hub options
-        such as `trust_remote_code` or `cache_dir` override the saved settings)."""
-        path = Path(directory) / PROCESSOR_FILE
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{directory}: no {PROCESSOR_FILE}; not a folder written by Processor.save_pretrained"
-            )
-        settings = json.loads(path.read_text())
-        if settings.get("format") != PROCESSOR_FORMAT:
-            raise ValueError(f"{path}: not a casa_adapter processor file")
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        transform = settings.get("image_transform")
-        known = {"image_token_id", "placeholder", "max_length", "system_prompt", "image_transform"}
-        options = {k: v for k, v in settings.items() if k in known - {"image_transform"}}
-        options["image_transform"] = None if transform is None else ImageTransform.from_dict(transform)
-        options.update({k: v for k, v in kwargs.items() if k in known})
-        return cls(tokenizer, **options)
 
     # ---- one sample -------------------------------------------------------------------------
 

@@ -1,12 +1,15 @@
-"""Exports: a wrapped model written in formats that other tools read without casa_adapter.
+"""Exports: a trained model in the forms other tools read (docs/export.md).
 
-- `save_peft_lora(model, dir)` (`peft_lora`): the LoRA of the text LLM as a standard peft adapter
-  (`adapter_config.json` + `adapter_model.safetensors`), for `peft.PeftModel.from_pretrained(base, dir)`;
-- `save_text_llm(model, dir, tokenizer=None)` (`text_llm`): the text LLM with LoRA merged and no
-  CASA layers, as a plain `save_pretrained` folder for `AutoModelForCausalLM.from_pretrained(dir)`.
+- `hf_config`, `auto`: `CasaVLConfig` (model_type `casa_adapter_vlm`) and the Auto-class registration
+  that `import casa_adapter` performs;
+- `pretrained`, `load`, `card`: `save_pretrained` in the adapter form (references its base) and the
+  merged form (self-contained), reading them back, the model card;
+- `processor_files`: the `Processor` in a folder (`save_processor`, `load_processor`);
+- `peft_lora`: the text LLM's LoRA as a standard peft adapter (`save_peft_lora`);
+- `text_llm`: the text LLM with LoRA merged, as a plain HF causal-LM folder (`save_text_llm`);
+- `sources`, `command`: `casa-adapter export` from adapter dirs, saved folders and resume checkpoints.
 
-Both leave the wrapped model as it was and write their folder atomically (`casa_adapter.atomic`).
-The `save_pretrained` forms of the whole vision-language model and a CLI join these.
+Every form is written atomically (`casa_adapter.atomic`) and leaves the wrapped model as it was.
 """
 
 from casa_adapter.export.peft_lora import save_peft_lora

@@ -5,9 +5,9 @@
     processor = transformers.AutoProcessor.from_pretrained("runs/demo/export")              # a Processor
 
 `register()` adds `CasaVLConfig` (model_type `casa_adapter_vlm`) to `AutoConfig`, `CasaVLAutoModel`
-to `AutoModelForImageTextToText` and `AutoModelForCausalLM`, and `casa_adapter.Processor` to
-`AutoProcessor`. It is idempotent. Folders carry no `auto_map`, so no code is ever executed from a
-folder and `trust_remote_code` is never needed.
+to `AutoModelForImageTextToText` and `AutoModelForCausalLM`, and a loader that returns a
+`casa_adapter.Processor` to `AutoProcessor`. It is idempotent. Folders carry no `auto_map`, so no
+code is ever executed from a folder and `trust_remote_code` is never needed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageText
 
 from casa_adapter.export.hf_config import MODEL_TYPE, CasaVLConfig
 from casa_adapter.export.load import load_pretrained
-from casa_adapter.processor import Processor
+from casa_adapter.export.processor_files import ProcessorLoader
 
 HUB_OPTIONS = (
     "cache_dir",
@@ -75,7 +75,7 @@ def register() -> None:
     AutoConfig.register(MODEL_TYPE, CasaVLConfig, exist_ok=True)
     AutoModelForImageTextToText.register(CasaVLConfig, CasaVLAutoModel, exist_ok=True)
     AutoModelForCausalLM.register(CasaVLConfig, CasaVLAutoModel, exist_ok=True)
-    AutoProcessor.register(CasaVLConfig, Processor, exist_ok=True)
+    AutoProcessor.register(CasaVLConfig, ProcessorLoader, exist_ok=True)
 
 
 __all__ = ["CasaVLAutoModel", "register"]

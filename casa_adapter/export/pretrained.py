@@ -25,6 +25,7 @@ from casa_adapter.adapters.io import write_adapter_files
 from casa_adapter.atomic import atomic_dir
 from casa_adapter.export.card import model_card
 from casa_adapter.export.hf_config import CasaVLConfig
+from casa_adapter.export.processor_files import save_processor
 from casa_adapter.export.text_llm import merged_state_dict
 from casa_adapter.processor import Processor
 
@@ -52,7 +53,7 @@ def save_pretrained(
         if getattr(model.llm, "generation_config", None) is not None:
             model.llm.generation_config.save_pretrained(tmp)
         if processor is not None:
-            processor.save_pretrained(tmp)
+            save_processor(processor, tmp)
         (tmp / CARD).write_text(model_card(config, model.trainable_counts(), training))
     return Path(directory).resolve()
 

@@ -1,10 +1,12 @@
 """`casa-adapter export` from every source a training run leaves: periodic adapters, the final one, and the
 Lightning resume checkpoint; every form loads back with the logits of the model it came from."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import transformers
-from peft import PeftModel
 
 import casa_adapter
 from casa_adapter.backbone.base_models import load_base
@@ -51,19 +53,41 @@ def test_every_periodic_adapter_and_the_checkpoint_export_and_load(run, tmp_path
     assert "wrote" in capsys.readouterr().out
 
 
-def test_peft_and_text_llm_forms(run, tmp_path):
+FRESH_PEFT = """
+import sys, torch, transformers
+from peft import PeftModel
+base, peft_dir, text_dir, ids, out = sys.argv[1:6]
+ids = torch.load(ids)
+with torch.no_grad():
+    plain = transformers.AutoModelForCausalLM.from_pretrained(base)
+    peft_logits = PeftModel.from_pretrained(plain, peft_dir)(ids).logits
+    text_logits = transformers.AutoModelForCausalLM.from_pretrained(text_dir)(ids).logits
+assert "casa_adapter" not in sys.modules
+torch.save({"peft": peft_logits, "text": text_logits}, out)
+"""
+
+
+def test_peft_and_text_llm_forms_load_without_casa_adapter(run, tmp_path):
     final = run / "adapter" / "final"
     assert main([str(final), "--out", str(tmp_path / "peft"), "--peft"]) == 0
     assert main([str(final), "--out", str(tmp_path / "text"), "--text-llm"]) == 0
-    llm, _ = load_base("tiny")
-    model = casa_adapter.load_adapter(final, llm).eval()
+    load_base("tiny")[0].save_pretrained(tmp_path / "base")  # the base as a plain folder
+    model = casa_adapter.load_adapter(final, load_base("tiny")[0]).eval()
     ids = torch.randint(4, 300, (1, 12))
+    torch.save(ids, tmp_path / "ids.pt")
     with torch.no_grad():
         want = model(ids).logits  # text only
-        peft_model = PeftModel.from_pretrained(load_base("tiny")[0], tmp_path / "peft").eval()
-        assert torch.allclose(peft_model(ids).logits, want, atol=1e-5)
-        text = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "text").eval()
-        assert torch.allclose(text(ids).logits, want, atol=1e-5)
+    args = [str(tmp_path / x) for x in ("base", "peft", "text", "ids.pt", "out.pt")]
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PEFT, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = torch.load(tmp_path / "out.pt")
+    assert torch.allclose(got["peft"], want, atol=1e-5) and torch.allclose(got["text"], want, atol=1e-5)
 
 
 def test_clear_errors(tmp_path, capsys):
