@@ -6,7 +6,8 @@ turn and per fusion, on the same base weights, frames and text, in one process, 
 alternating turn by turn (so a change in machine load hits both alike):
 
 - `latency_ms`: time to first token = add_image + add_text + picking the first new token
-  (`add_image_ms`: its add_image part);
+  (`add_image_ms`: its add_image part: under CASA the vision encoder alone, since a session feeds the
+  image's marker with the window's first text; under insertion the image tokens' forward too);
 - `decode_tok_s`: generated tokens per second over the turn's `--decode-tokens` tokens;
 - `state_bytes`: `session.state_bytes()` after the turn (KV caches; weights excluded).
 

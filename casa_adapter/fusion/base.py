@@ -126,6 +126,7 @@ class FusionModel(nn.Module):
         if sum(counts) == 0:
             return [None] * len(per_row)
         pixels = torch.cat([x for x in per_row if x is not None and x.shape[0] > 0]).to(self.device)  # (n, 3, H, W)
+        self.vision.check_pixels(pixels)
         tokens = self.vision(pixels).to(self.llm.dtype)  # (n, N', D)
         out, start = [], 0
         for n in counts:

@@ -74,9 +74,10 @@ class StreamSession:
     # -- public API ------------------------------------------------------------------------
     @torch.no_grad()
     def add_image(self, image: ImageLike | list[ImageLike]) -> None:
-        """Add one frame (or a list of images that open one window together). A PIL image, an
-        ndarray or a tensor goes through `model.vision.transform`, unless it is already a
-        (3, S, S) tensor at the tower's size S (then it is taken as preprocessed)."""
+        """Add one frame, or a list of images. Images added back to back (no text between them) open
+        one window together, as adjacent markers do in one forward. The rule of `forward(images=)`
+        holds: a tensor is preprocessed pixels (3, H, W), taken as it is; a PIL image or an ndarray
+        goes through `model.vision.transform`."""
         pixels = self._pixels(image)  # (n, 3, S, S)
         tokens = self.model.encode_images([pixels])[0]  # (n, N, D)
         self._add_image_tokens(tokens)
@@ -91,6 +92,7 @@ class StreamSession:
 
     def next_token(self, do_sample: bool = False, temperature: float = 1.0) -> torch.Tensor:
         """The next token (1, 1) from the last logits, without feeding it."""
+        self._settle()
         if self.last_logits is None:
             raise RuntimeError("nothing to continue: add an image or text to the session first")
         if not do_sample:
@@ -123,9 +125,13 @@ class StreamSession:
         images = list(image) if isinstance(image, (list, tuple)) else [image]
         if not images:
             raise ValueError("add_image() needs at least one image")
-        vision, size = self.model.vision, self.model.vision.image_size
-        ready = lambda x: isinstance(x, torch.Tensor) and tuple(x.shape) == (3, size, size)
-        return torch.stack([x if ready(x) else vision.transform(x) for x in images])  # (n, 3, S, S)
+        pixels = [x if isinstance(x, torch.Tensor) else self.model.vision.transform(x) for x in images]
+        if len({tuple(x.shape) for x in pixels}) > 1:
+            raise ValueError(f"images added together must have one shape, got {[tuple(x.shape) for x in pixels]}")
+        return torch.stack(pixels)  # (n, 3, H, W)
+
+    def _settle(self) -> None:
+        """Feed what the session holds back (images waiting for their window's first text); nothing here."""
 
     def _run(self, n: int, all_logits: bool, **inputs) -> torch.Tensor:
         """Feed n new positions through the LLM with the session cache; logits (1, n or 1, V)."""
@@ -149,25 +155,44 @@ class CasaStream(StreamSession):
         super().__init__(model)
         self.window = 0
         """The current window id (0 before the first image)."""
+        self.pending: list[torch.Tensor] = []
+        """Image tokens (n, N, D) added since the last text: they open the next window together. Their
+        markers are fed with the window's first text (or when `generate` needs the next token), because in
+        one forward every marker of a run sees every image of the run."""
 
     def _new_cache(self) -> CasaCache:
         return CasaCache(config=self.model.llm.config)
 
     def _add_image_tokens(self, tokens: torch.Tensor) -> None:
-        marker = self.model.image_token_id
-        ids = torch.full((1, tokens.shape[0]), marker, dtype=torch.long, device=self.model.device)  # (1, n)
-        self.window += 1
-        inputs = build_inputs(ids, marker, [tokens], first_window=self.window, first_index=self.index)
-        self._run(ids.shape[1], False, input_ids=ids, casa_inputs=inputs)
+        self.pending.append(tokens)
 
     def _add_text_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.pending:
+            return self._open_window(ids)
         index = torch.arange(self.index, self.index + ids.shape[1], device=ids.device).unsqueeze(0)  # (1, t)
         inputs = CasaInputs(torch.full_like(index, self.window), index)
         return self._run(ids.shape[1], True, input_ids=ids, casa_inputs=inputs)
 
+    def _open_window(self, ids: torch.Tensor | None) -> torch.Tensor:
+        """Feed the pending images' markers, then `ids` (1, t) if any, in one call: one new window.
+        Returns the logits of `ids` (1, t, V) (of the last marker when there is no text)."""
+        marker, tokens = self.model.image_token_id, torch.cat(self.pending)  # (n, N, D)
+        markers = torch.full((1, tokens.shape[0]), marker, dtype=torch.long, device=self.model.device)  # (1, n)
+        fed = markers if ids is None else torch.cat([markers, ids], 1)  # (1, n + t)
+        self.window += 1
+        self.pending = []
+        inputs = build_inputs(fed, marker, [tokens], first_window=self.window, first_index=self.index)
+        logits = self._run(fed.shape[1], ids is not None, input_ids=fed, casa_inputs=inputs)
+        return logits if ids is None else logits[:, markers.shape[1] :]
+
+    def _settle(self) -> None:
+        if self.pending:
+            self._open_window(None)
+
     def state_bytes(self) -> int:
-        """Text KV cache + every CASA layer's window cache (current image and window text K/V)."""
-        return kv_bytes(self.cache) + self.cache.casa_nbytes()
+        """Text KV cache + every CASA layer's window cache (current image and window text K/V) + pending images."""
+        pending = sum(t.numel() * t.element_size() for t in self.pending)
+        return kv_bytes(self.cache) + self.cache.casa_nbytes() + pending
 
 
 class InsertionStream(StreamSession):

@@ -86,6 +86,19 @@ class VisionEncoder(nn.Module):
         proj_dtype = next(self.projector.parameters()).dtype
         return self.projector(feats.to(proj_dtype))  # (n, N', llm_hidden)
 
+    def check_pixels(self, pixels: Tensor) -> None:
+        """Refuse pixels (n, 3, H, W) this encoder cannot take, with what to do instead: tensors are taken as
+        preprocessed pixels everywhere (`forward(images=)`, streaming); a named tower needs its own size."""
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"images must be (n, 3, H, W) pixel tensors, got shape {tuple(pixels.shape)}")
+        size = self.image_size
+        if self.settings is not None and tuple(pixels.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"the {self.settings.name!r} tower takes (3, {size}, {size}) pixels, got {tuple(pixels.shape[1:])}: a "
+                "tensor is taken as preprocessed pixels; pass a PIL image or an array to have it resized and "
+                "normalised (model.vision.transform, which the Processor applies)"
+            )
+
     def num_tokens(self) -> int:
         """N': image tokens per image after pooling."""
         if self._tokens is None:

@@ -122,3 +122,47 @@ def test_generate_needs_something_to_continue():
     session = trained("llama", "casa").stream()
     with pytest.raises(RuntimeError, match="nothing to continue"):
         session.generate(max_new_tokens=2)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_back_to_back_images_open_one_window_like_adjacent_markers(fusion):
+    """add_image(b) right after add_image(a) is the same as add_image([a, b]): one window, as in one forward."""
+    model = trained("llama", fusion)
+    text, frames = script(2)
+    ids, images, spans = full_sequence(model, text, frames)
+    full = model(ids, images=images).logits[0]  # (T, V)
+    session = model.stream()
+    got = [session.add_text(text[0])]
+    for piece, group in zip(text[1:], frames):
+        for frame in group:
+            session.add_image(frame)
+        got.append(session.add_text(piece))
+    for logits, span in zip(got, spans):
+        assert torch.allclose(logits[0], full[list(span)], atol=1e-5)
+    session.add_image(frames[0][0])
+    session.add_image(frames[1][0])
+    token = session.next_token()  # generate right after two frames: both markers are fed, one window
+    both = torch.cat([ids, torch.full((1, 2), model.image_token_id)], 1)
+    want = model(both, images=[torch.cat([images[0], frames[0][0][None], frames[1][0][None]])]).logits[0, -1]
+    assert int(token) == int(want.argmax())
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_tensors_are_pixels_in_both_paths(fusion):
+    """One rule for forward(images=) and add_image: a tensor is taken as it is; a size the tower cannot take is
+    a clear error in both, PIL images and arrays are transformed."""
+    from casa_adapter.backbone.base_models import tiny_llm as tiny_base
+
+    model = casa_adapter.wrap(tiny_base(), vision="siglip-tiny", pretrained=False, fusion=fusion)
+    wrong = torch.rand(3, 32, 32)
+    with pytest.raises(ValueError, match=r"takes \(3, 64, 64\) pixels, got \(3, 32, 32\).*PIL image"):
+        model(torch.tensor([[5, model.image_token_id, 6]]), images=[wrong[None]])
+    with pytest.raises(ValueError, match=r"takes \(3, 64, 64\) pixels"):
+        model.stream().add_image(wrong)
+    picture = Image.fromarray((np.random.default_rng(1).random((40, 50, 3)) * 255).astype("uint8"))
+    session = model.stream()
+    session.add_image(picture)  # transformed to (3, 64, 64)
+    ready = model.vision.transform(picture)
+    direct = model.stream()
+    direct.add_image(ready)  # taken as it is
+    assert torch.equal(session.add_text([5, 6]), direct.add_text([5, 6]))
