@@ -38,7 +38,7 @@ from casa_adapter.config import CasaSettings, LoraSettings, ModelSettings, Visio
 from casa_adapter.fusion.base import FusionModel
 from casa_adapter.fusion.casa_model import CasaModel
 from casa_adapter.fusion.insertion import InsertionModel, is_inserted, mark_inserted, unmark_inserted
-from casa_adapter.vision.encoder import build_vision
+from casa_adapter.vision.build import build_vision
 
 log = logging.getLogger(__name__)
 

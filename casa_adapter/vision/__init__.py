@@ -6,6 +6,7 @@
 - `transform`: the image preprocessing every tower shares.
 """
 
-from casa_adapter.vision.encoder import VisionEncoder, build_vision
+from casa_adapter.vision.build import build_vision
+from casa_adapter.vision.encoder import VisionEncoder
 
 __all__ = ["VisionEncoder", "build_vision"]

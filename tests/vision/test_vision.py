@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from casa_adapter.config import VisionSettings
-from casa_adapter.vision.encoder import VisionEncoder, build_vision
+from casa_adapter.vision.build import build_vision
+from casa_adapter.vision.encoder import VisionEncoder
 from casa_adapter.vision.projector import PatchPool
 
 H = 48  # LLM hidden size used throughout
