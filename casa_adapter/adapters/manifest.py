@@ -28,19 +28,24 @@ class AdapterError(ValueError):
     """An adapter directory that cannot be loaded: missing, truncated, tampered or for another base."""
 
 
+def base_record(model) -> dict:
+    """What identifies the base LLM a fusion model was built on: name (as loaded), model type, dtype, fingerprint."""
+    cfg = model.llm.config
+    return {
+        "name": getattr(cfg, "_name_or_path", "") or "",
+        "model_type": cfg.model_type,
+        "dtype": dtype_name(model.llm),
+        "fingerprint": model.base_fingerprint,
+    }
+
+
 def manifest_for(model, names: list[str], tower_fingerprint: str) -> dict:
     """The manifest of `model` (a fusion model) whose adapter file holds the tensors `names` (state-dict keys)."""
-    cfg = model.llm.config
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "base_model": {
-            "name": getattr(cfg, "_name_or_path", "") or "",
-            "model_type": cfg.model_type,
-            "dtype": dtype_name(model.llm),
-            "fingerprint": model.base_fingerprint,
-        },
+        "base_model": base_record(model),
         "casa": {
             **model.settings.to_dict(),
             "layer_indices": model.layer_indices,
@@ -83,22 +88,22 @@ def lora_settings(manifest: dict) -> LoraSettings | None:
     return LoraSettings.from_dict(manifest["lora"]) if manifest["lora"] else None
 
 
-def vision_arguments(manifest: dict, vision: Any, directory) -> tuple[Any, dict]:
-    """(what to pass as `vision=`, encoder overrides) for the manifest's tower: a named tower is rebuilt
-    from its settings; a custom tower must be passed again (`vision`)."""
-    spec = manifest["vision"]
+def vision_arguments(spec: dict, vision: Any, directory) -> tuple[Any, dict]:
+    """(what to pass as `vision=`, encoder overrides) for a recorded tower spec (`VisionEncoder.spec()`): a
+    named tower is rebuilt from its settings; a custom tower must be passed again (`vision`)."""
     if spec["kind"] != "custom":
         return VisionSettings.from_dict(spec["settings"]), {}
     if vision is None:
         raise AdapterError(
             f"{directory}: trained with a custom vision tower ({spec.get('class')}); pass it again "
-            f"as load_adapter(..., vision=tower)"
+            f"as vision=tower (load_adapter(..., vision=tower), from_pretrained(..., vision=tower))"
         )
     return vision, {k: spec[k] for k in ("unfreeze_last", "pool", "projector") if k in spec}
 
 
 __all__ = [
     "AdapterError",
+    "base_record",
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST",

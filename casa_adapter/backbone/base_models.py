@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import os
@@ -19,7 +20,9 @@ from pathlib import Path
 import torch
 from huggingface_hub import snapshot_download
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.initialization import no_init_weights
 
 TINY_VOCAB_SIZE = 384
 """Vocabulary size of `tiny_chat_tokenizer()` (256 bytes + 4 special tokens + merges)."""
@@ -120,6 +123,15 @@ def tiny_llm(seed: int = 0, layers: int = 4, hidden: int = 128) -> LlamaForCausa
     )
     cfg._name_or_path = "tiny-random-llama"
     return LlamaForCausalLM(cfg)
+
+
+def empty_llm(config, dtype: torch.dtype) -> nn.Module:
+    """An instance of the causal-LM class `config` maps to, weights left uninitialised (they are loaded next),
+    tied weights tied, in eval mode. `config` is copied (from_config records the dtype on what it gets)."""
+    with no_init_weights():
+        llm = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=dtype)
+    llm.tie_weights()  # no_init_weights skips post_init's tying too (tied embeddings: one tensor again)
+    return llm.eval()
 
 
 def load_base(name: str, dtype: torch.dtype | None = None, with_tokenizer: bool = True):

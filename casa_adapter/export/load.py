@@ -13,19 +13,17 @@ after loading.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM
-from transformers.initialization import no_init_weights
+from transformers import AutoConfig
 
-from casa_adapter.adapters.manifest import AdapterError
-from casa_adapter.backbone.base_models import load_base
-from casa_adapter.config import CasaSettings, VisionSettings
+from casa_adapter.adapters.manifest import AdapterError, vision_arguments
+from casa_adapter.backbone.base_models import empty_llm, load_base
+from casa_adapter.config import CasaSettings
 from casa_adapter.export.hf_config import FOLDER_FORMAT_VERSION, MODEL_TYPE, CasaVLConfig
 from casa_adapter.export.pretrained import MERGED_WEIGHTS
 from casa_adapter.fusion.build import build_model, load_adapter
@@ -61,37 +59,32 @@ def load_pretrained(directory: str | os.PathLike, vision=None, base: str | None 
 
 
 def _adapter_form(directory, config: CasaVLConfig, vision, base: str | None):
-    name = base or config.base.get("name")
+    return adapter_on_recorded_base(directory, config.base, base, vision, with_tokenizer=False)[0]
+
+
+def adapter_on_recorded_base(directory, record: dict, base: str | None, vision, with_tokenizer: bool):
+    """(model, tokenizer or None): the adapter in `directory` on its base, loaded offline from `base` or the
+    record's name (`adapters.manifest.base_record`) in the recorded dtype (the fingerprint covers the dtype)."""
+    name = base or record.get("name")
     if not name:
-        raise AdapterError(f"{directory}: config.json records no base model name; pass base=PATH_OR_ID")
+        raise AdapterError(f"{directory}: no base model name is recorded; pass base=PATH_OR_ID (--base)")
     try:
-        llm, _ = load_base(name, getattr(torch, config.base.get("dtype") or "float32"), with_tokenizer=False)
+        llm, tokenizer = load_base(name, getattr(torch, record.get("dtype") or "float32"), with_tokenizer)
     except (FileNotFoundError, OSError) as e:
         raise FileNotFoundError(
             f"{directory}: the base model {name!r} this adapter was trained on cannot be loaded "
             f"here ({e}); pass base=PATH to a local copy of it"
         ) from e
-    return load_adapter(directory, llm, vision=vision)
+    return load_adapter(directory, llm, vision=vision), tokenizer
 
 
 def _merged_form(directory, config: CasaVLConfig, vision):
     llm_config = dict(config.llm_config)
     llm_cfg = AutoConfig.for_model(llm_config.pop("model_type"), **llm_config)
-    with no_init_weights():  # every weight comes from the file
-        llm = AutoModelForCausalLM.from_config(copy.deepcopy(llm_cfg), dtype=getattr(torch, config.base["dtype"]))
-    llm.tie_weights()
+    llm = empty_llm(llm_cfg, getattr(torch, config.base["dtype"]))  # every weight comes from the file
     llm.config._name_or_path = config.base.get("name", "")
     settings = CasaSettings.from_dict({k: v for k, v in config.casa.items() if k != "layer_indices"})
-    spec = config.vision
-    if spec.get("kind") == "custom":
-        if vision is None:
-            raise AdapterError(
-                f"{directory}: built with a custom vision tower ({spec.get('class')}); pass it again "
-                "as vision=tower (its weights come from the folder)"
-            )
-        tower, overrides = vision, {k: spec[k] for k in ("unfreeze_last", "pool", "projector") if k in spec}
-    else:
-        tower, overrides = VisionSettings.from_dict(spec["settings"]), {}
+    tower, overrides = vision_arguments(config.vision, vision, directory)  # a custom tower's weights: the file
     model = build_model(llm, settings, tower, None, config.base.get("fingerprint", ""), **overrides)
     load_weights(model, Path(directory) / MERGED_WEIGHTS)
     return model
@@ -138,4 +131,4 @@ def place(model, dtype=None, device_map=None):
     return model
 
 
-__all__ = ["load_pretrained", "load_weights", "place", "read_config"]
+__all__ = ["adapter_on_recorded_base", "load_pretrained", "load_weights", "place", "read_config"]

@@ -20,8 +20,8 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from casa_adapter.adapters.fingerprint import dtype_name
 from casa_adapter.adapters.io import write_adapter_files
+from casa_adapter.adapters.manifest import base_record
 from casa_adapter.atomic import atomic_dir
 from casa_adapter.export.card import model_card
 from casa_adapter.export.hf_config import CasaVLConfig
@@ -87,16 +87,10 @@ def _write_merged(model, folder: Path) -> CasaVLConfig:
     vision = model.vision.spec()
     if vision.get("kind") == "open_clip":  # the tower's weights are in the file: rebuild it without fetching any
         vision = {**vision, "settings": {**vision["settings"], "pretrained": False}}
-    base = {
-        "name": getattr(model.llm.config, "_name_or_path", "") or "",
-        "model_type": model.llm.config.model_type,
-        "dtype": dtype_name(model.llm),
-        "fingerprint": model.base_fingerprint,
-    }
     casa = {**model.settings.to_dict(), "layer_indices": model.layer_indices}
     return CasaVLConfig(
         form="merged",
-        base=base,
+        base=base_record(model),
         llm_config=model.llm.config.to_dict(),
         casa=casa,
         vision=vision,

@@ -17,22 +17,17 @@ from pathlib import Path
 import torch
 
 from casa_adapter.adapters.manifest import MANIFEST, AdapterError, read_manifest
-from casa_adapter.backbone.base_models import load_base
 from casa_adapter.eval.loading import model_settings
-from casa_adapter.export.load import load_pretrained
-from casa_adapter.fusion.build import build_from_settings, load_adapter
+from casa_adapter.export.load import adapter_on_recorded_base, load_pretrained
+from casa_adapter.fusion.build import build_from_settings
 
 
 def load_source(source: str | os.PathLike, base: str | None = None, vision=None):
     """(model in eval mode, tokenizer or None) from an adapter directory, a saved folder or a resume checkpoint."""
     path = Path(source)
     if path.is_dir() and (path / MANIFEST).is_file() and not (path / "config.json").is_file():
-        manifest = read_manifest(path)
-        name = base or manifest["base_model"]["name"]
-        if not name:
-            raise AdapterError(f"{path}: the manifest records no base model name; pass --base NAME_OR_PATH")
-        llm, tokenizer = load_base(name, getattr(torch, manifest["base_model"].get("dtype") or "float32"))
-        return load_adapter(path, llm, vision=vision).eval(), tokenizer
+        model, tokenizer = adapter_on_recorded_base(path, read_manifest(path)["base_model"], base, vision, True)
+        return model.eval(), tokenizer
     if path.is_dir() and (path / "config.json").is_file():
         return load_pretrained(path, vision=vision, base=base), _folder_tokenizer(path)
     if path.is_file() and path.suffix == ".ckpt":

@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers import AutoModelForCausalLM
-from transformers.initialization import no_init_weights
 
 from casa_adapter.atomic import atomic_dir
+from casa_adapter.backbone.base_models import empty_llm
 from casa_adapter.backbone.state_keys import state_keys
 
 ADAPTER = "default"
@@ -58,17 +57,14 @@ def merged_state_dict(llm: nn.Module) -> dict[str, torch.Tensor]:
 
 def fresh_base(llm: nn.Module) -> nn.Module:
     """An uninitialised instance of `llm`'s base class (what AutoModelForCausalLM maps its config to), on CPU."""
-    config = copy.deepcopy(llm.config)  # from_config records the dtype on the config it gets
-    with no_init_weights():
-        base = AutoModelForCausalLM.from_config(config, dtype=llm.dtype)
-    base.tie_weights()  # no_init_weights skips post_init's tying too (tied embeddings: one tensor again)
+    base = empty_llm(llm.config, llm.dtype)
     if type(base) is not type(llm):
         raise ValueError(
-            f"AutoModelForCausalLM maps model_type {config.model_type!r} to {type(base).__name__}, not "
+            f"AutoModelForCausalLM maps model_type {llm.config.model_type!r} to {type(base).__name__}, not "
             f"{type(llm).__name__}; the exported folder would not load back as this LLM"
         )
     base.generation_config = copy.deepcopy(llm.generation_config)
-    return base.eval()
+    return base
 
 
 def base_weights(llm: nn.Module, base: nn.Module) -> dict[str, torch.Tensor]:

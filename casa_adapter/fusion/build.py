@@ -154,7 +154,7 @@ def load_adapter(directory: str | os.PathLike, llm: nn.Module, vision: nn.Module
     tensors = read_tensors(directory, manifest)
     check_fresh(llm)
     found = check_base(manifest, llm, directory)
-    tower, overrides = vision_arguments(manifest, vision, directory)
+    tower, overrides = vision_arguments(manifest["vision"], vision, directory)
     if isinstance(tower, nn.Module):
         check_tower(tower, manifest, directory)
     model = build_model(llm, casa_settings(manifest), tower, lora_settings(manifest), found, **overrides)
