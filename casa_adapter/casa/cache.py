@@ -61,6 +61,13 @@ class LayerCache:
         index = self.next_index.unsqueeze(-1) + steps  # (B, T)
         return CasaInputs(self.last_window.unsqueeze(-1).expand_as(index).clone(), index)
 
+    def add_row(self) -> None:
+        """One more row that holds no key yet (a session joining a batch of streams)."""
+        for name in ("keys", "values", "windows", "index", "last_window", "next_index"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, torch.cat([t, t.new_zeros(1, *t.shape[1:])]))
+
     def reorder(self, order: torch.Tensor) -> None:
         for name in ("keys", "values", "windows", "index", "last_window", "next_index"):
             t = getattr(self, name)

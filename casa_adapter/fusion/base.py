@@ -20,6 +20,8 @@ from casa_adapter.backbone.lora import merge_lora
 from casa_adapter.backbone.state_keys import state_keys
 from casa_adapter.config import CasaSettings, LoraSettings
 from casa_adapter.export.pretrained import save_pretrained
+from casa_adapter.fusion.stream import StreamBatch, StreamLimits, StreamSession
+from casa_adapter.fusion.stream.limits import Evict
 
 ImagesArg = list[Any] | None
 
@@ -27,11 +29,13 @@ ImagesArg = list[Any] | None
 class FusionModel(nn.Module):
     """What CASA and token insertion share: LLM + vision encoder, trainable set, image encoding, adapters.
 
-    Subclasses define `image_token_id`, `forward`, `generate` and `stream`, and may add trainable
+    Subclasses define `image_token_id`, `forward`, `generate` and `stream_chunks`, and may add trainable
     groups (`GROUPS`, `_classifier`)."""
 
     GROUPS: tuple[str, ...] = ("lora", "projector", "vision")
     """Trainable groups, in order; `trainable_groups()` returns exactly these keys."""
+    stream_chunks: type
+    """How a streaming session feeds images and text (`fusion.stream.chunks`)."""
 
     def __init__(
         self,
@@ -118,6 +122,15 @@ class FusionModel(nn.Module):
         counts["total"] = sum(counts.values())
         return counts
 
+    # -- streaming -----------------------------------------------------------------------
+    def stream(self, max_cache_tokens: int | None = None, evict: Evict = "error") -> StreamSession:
+        """A streaming session (a batch of one); see `fusion.stream` and `StreamLimits` for the bound."""
+        return self.stream_batch(max_cache_tokens, evict).open()
+
+    def stream_batch(self, max_cache_tokens: int | None = None, evict: Evict = "error") -> StreamBatch:
+        """Many streaming sessions decoded together (`batch.open()` each); every session gets these limits."""
+        return StreamBatch(self, StreamLimits(max_cache_tokens, evict))
+
     # -- inputs --------------------------------------------------------------------------
     def encode_images(self, images: ImagesArg) -> list[torch.Tensor | None]:
         """Per sample: images (n, 3, H, W) or a list of (3, H, W) -> projected tokens (n, N', D_llm)."""
@@ -140,12 +153,6 @@ class FusionModel(nn.Module):
         if len(features) not in (0, input_ids.shape[0]):
             raise ValueError(f"images has {len(features)} entries but the batch has {input_ids.shape[0]} rows")
         return features or [None] * input_ids.shape[0]
-
-    # -- streaming ------------------------------------------------------------------------
-    def stream(self):
-        """A streaming session (batch 1): `add_image`, `add_text`, `generate`, `state_bytes`.
-        See `casa_adapter.fusion.stream` and docs/streaming.md."""
-        raise NotImplementedError
 
     # -- adapters ------------------------------------------------------------------------
     def merge_lora(self) -> int:

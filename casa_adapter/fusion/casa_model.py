@@ -26,13 +26,14 @@ from casa_adapter.casa.cache import CasaCache
 from casa_adapter.casa.layer import CasaLayer
 from casa_adapter.casa.windows import CasaInputs, build_inputs
 from casa_adapter.fusion.base import FusionModel, ImagesArg
-from casa_adapter.fusion.stream import CasaStream
+from casa_adapter.fusion.stream.chunks import CasaChunks
 
 
 class CasaModel(FusionModel):
     """An HF causal LM with CASA layers and a vision encoder. Build it with `casa_adapter.wrap`."""
 
     GROUPS = ("casa", "marker", "lora", "projector", "vision")
+    stream_chunks = CasaChunks
 
     @property
     def image_token_id(self) -> int:
@@ -104,10 +105,6 @@ class CasaModel(FusionModel):
         cache = CasaCache(config=self.llm.config, pending=inputs)
         generate_kwargs[cache_kwarg(self.llm)] = cache
         return self.llm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
-
-    def stream(self):
-        """A streaming session: each `add_image` opens a window; state bounded by the window + text seen."""
-        return CasaStream(self)
 
 
 __all__ = ["CasaModel"]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from casa_adapter.fusion.base import FusionModel, ImagesArg
-from casa_adapter.fusion.stream import InsertionStream
+from casa_adapter.fusion.stream.chunks import InsertionChunks
 
 INSERTION_FLAG = "_casa_insertion"
 """Attribute set on an LLM wrapped for insertion, so that wrapping it again is refused."""
@@ -51,6 +51,8 @@ class Expanded:
 
 class InsertionModel(FusionModel):
     """An HF causal LM fed image tokens in its input stream; build it with `wrap(..., fusion="insertion")`."""
+
+    stream_chunks = InsertionChunks
 
     @property
     def image_token_id(self) -> int:
@@ -144,10 +146,6 @@ class InsertionModel(FusionModel):
         new = self.llm.generate(inputs_embeds=x.embeds, attention_mask=x.attention_mask, **generate_kwargs)  # (B*k, n)
         prompt = input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], dim=0)  # (B*k, T)
         return torch.cat([prompt, new], dim=1)
-
-    def stream(self):
-        """A streaming session: each `add_image` appends the image's N tokens to the KV cache."""
-        return InsertionStream(self)
 
 
 def _keep_slots(last: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
