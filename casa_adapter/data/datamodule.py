@@ -27,8 +27,8 @@ from casa_adapter.data.dataset import BatchStream
 from casa_adapter.data.loader import BatchLoader
 from casa_adapter.data.make_demo import DemoSettings, ensure_demo
 from casa_adapter.data.settings import DataSettings
-from casa_adapter.data.shards import SourceIndex
 from casa_adapter.data.sources import as_sources
+from casa_adapter.data.streaming import ShardList, open_source
 
 _PROBE_CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
 
@@ -100,11 +100,16 @@ class CasaDataModule(L.LightningDataModule):
             )
 
     def _loader(self, sources: list, train: bool, rank: int, world: int) -> BatchLoader:
-        indexes = [SourceIndex.build(source) for source in sources]
+        indexes = [open_source(source) for source in sources]
         stream = BatchStream(indexes, [s.weight for s in sources], self.processor, self.settings, train, rank, world)
         if not train:
             return BatchLoader(stream)
         epoch = self.settings.batches_per_epoch
+        streamed = [index.name for index in indexes if isinstance(index, ShardList)]
+        if epoch is None and streamed:
+            raise ValueError(
+                f"streamed training sources {streamed} have no known size: set settings.batches_per_epoch"
+            )
         if epoch is None:
             epoch = max(1, sum(len(i.refs) for i in indexes) // (world * self.settings.batch_size))
         return BatchLoader(stream, epoch)
