@@ -39,7 +39,7 @@ def _timed(reader: str, specs: list[str], megabytes: float, stream: StreamSettin
     report = check_shards(specs, DecodeSettings(image_tokens=1), show_progress=progress, stream=stream)
     seconds = time.perf_counter() - start
     if report.counter.n_bad:
-        raise ValueError(f"{reader}: {report.counter.n_bad} bad samples ({dict(report.counter.bad)}); bench good shards")
+        raise ValueError(f"{reader}: {report.counter.n_bad} bad samples {dict(report.counter.bad)}; bench good shards")
     return BenchResult(reader, report.counter.good, seconds, megabytes)
 
 

@@ -107,9 +107,7 @@ class CasaDataModule(L.LightningDataModule):
         epoch = self.settings.batches_per_epoch
         streamed = [index.name for index in indexes if isinstance(index, ShardList)]
         if epoch is None and streamed:
-            raise ValueError(
-                f"streamed training sources {streamed} have no known size: set settings.batches_per_epoch"
-            )
+            raise ValueError(f"streamed training sources {streamed} have no known size: set settings.batches_per_epoch")
         if epoch is None:
             epoch = max(1, sum(len(i.refs) for i in indexes) // (world * self.settings.batch_size))
         return BatchLoader(stream, epoch)

@@ -74,15 +74,14 @@ class BatchStream(IterableDataset):
     def _cursors(self, slot: int, n_slots: int) -> dict[int, StreamCursor]:
         """A cursor per streamed source, at its saved location (training) or at the start."""
         saved = self.start_streams.get(slot, {}) if self.train else {}
-        s = self.settings
-        return {
-            number: StreamCursor(
-                index, number, s.seed, slot, n_slots, s.shuffle_buffer, s.stream,
-                tuple(saved.get(number, (0, 0, 0))), None if self.train else 1,
-            )  # fmt: skip
-            for number, index in enumerate(self.indexes)
-            if isinstance(index, ShardList)
-        }
+        s, epochs = self.settings, None if self.train else 1
+        cursors = {}
+        for number, index in enumerate(self.indexes):
+            if isinstance(index, ShardList):
+                location = tuple(saved.get(number, (0, 0, 0)))
+                args = (index, number, s.seed, slot, n_slots, s.shuffle_buffer, s.stream, location, epochs)
+                cursors[number] = StreamCursor(*args)
+        return cursors
 
     @staticmethod
     def _evaluation_draws(
@@ -143,7 +142,7 @@ class BatchStream(IterableDataset):
                     rows = []
                 rows.append(row)
                 last_draw = row[-1][0]
-            if rows:
+            if rows or events:  # the end of a finite stream: bad samples after the last batch count too
                 end = max([last_draw] + [draw for draw, _ in events]) + 1
                 yield self._batch(slot, rows, end, {n: c.location() for n, c in streamed.items()}, events)
         finally:
@@ -151,12 +150,13 @@ class BatchStream(IterableDataset):
                 cursor.close()
 
     def _batch(self, slot: int, rows: list[list[tuple]], position: int, streams: dict, events: list) -> dict:
-        """Collate rows; take the events of draws before `position` out of `events` into the meta."""
+        """Collate rows; take the events of draws before `position` out of `events` into the meta.
+        Without rows (only bad samples were left) the batch is its meta alone, which the loader counts."""
         samples = [[item[1] for item in row] for row in rows]
         mine = [event for draw, event in events if draw < position]
         events[:] = [(draw, event) for draw, event in events if draw >= position]
         flat = [sample for row in samples for sample in row]
-        batch = collate_rows(samples, self.processor.pad_token_id)
+        batch = collate_rows(samples, self.processor.pad_token_id) if rows else {}
         batch["_meta"] = {
             "slot": slot,
             "position": position,

@@ -3,8 +3,8 @@
 A remote shard is read as one byte stream into a local file (`fetch_shard`). A stream that
 breaks (a dropped connection, a server error, a pipe command that fails) is reopened up to
 `StreamSettings.retries` times, waiting `retry_backoff` seconds, then twice that, and so on;
-the reopened stream continues at the byte where the last one stopped (seek where the file can,
-else by skipping that many bytes). A shard that does not exist (HTTP 404, no such object) is not
+the reopened stream continues at the byte where the last one stopped (s3 / gs seek there;
+HTTP and pipes skip that many bytes). A shard that does not exist (HTTP 404, no such object) is not
 retried. What a fetch ends with is a `Fetched`: the local file, its size, and the problem if
 any (`missing_shard`, or `shard_read_error` once the retries ran out), which `streaming.py`
 turns into counted bad samples.
@@ -85,13 +85,14 @@ def open_stream(name: str, offset: int, storage_options: dict[str, Any]) -> Iter
         return
     import fsspec
 
+    http = name.startswith("http")
     # http(s): one plain GET streamed (block_size=0), so servers without range requests work too
-    options = {"block_size": 0, **storage_options} if name.startswith("http") else storage_options
+    options = {"block_size": 0, **storage_options} if http else storage_options
     with fsspec.open(name, "rb", **options) as stream:
-        if stream.seekable():
-            stream.seek(offset)
-        else:
+        if http:  # a streamed HTTP file says it is seekable but only seeks to where it is
             _skip(stream, offset)
+        else:
+            stream.seek(offset)
         yield stream
 
 
@@ -107,7 +108,9 @@ def _skip(stream: IO[bytes], n: int) -> None:
 def _pipe(command: str) -> Iterator[IO[bytes]]:
     """The standard output of a shell command; a non-zero exit status raises OSError with its stderr."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=err)  # noqa: S602 - the user's pipe: command
+        proc = subprocess.Popen(
+            command, shell=True, stdout=subprocess.PIPE, stderr=err
+        )  # the user's own `pipe:` command
         try:
             yield proc.stdout
         finally:
@@ -139,7 +142,7 @@ def fetch_shard(name: str, path: str, settings: StreamSettings, stop: threading.
                 if size == 0:
                     return Fetched(name, path, 0, "missing_shard", f"{type(e).__name__}: {e}")
                 errors.append(f"{type(e).__name__}: {e}")  # it went away mid-read: a read error
-            except Exception as e:  # noqa: BLE001 - each backend has its own errors (aiohttp, botocore, OSError...)
+            except Exception as e:  # each backend has its own errors (aiohttp, botocore, OSError...)
                 errors.append(f"{type(e).__name__}: {e}")
             if attempt == settings.retries:
                 break

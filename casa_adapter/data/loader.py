@@ -65,7 +65,8 @@ class BatchLoader:
                 self.streams[meta["slot"]] = meta["streams"]
                 self.batches += 1
             self.counter.check(settings.max_bad_fraction, settings.min_samples_before_failing)
-            yield batch
+            if batch:  # an evaluation stream ending in bad samples sends their meta alone: counted, not yielded
+                yield batch
 
     def _local_state(self) -> dict[str, Any]:
         return {

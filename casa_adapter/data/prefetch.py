@@ -46,7 +46,7 @@ class ShardPrefetcher:
                 path = os.path.join(self.folder, f"{n:06d}.tar")
                 self._ready.put((tag, fetch_shard(name, path, self.settings, self._stop)))
             self._ready.put(None)
-        except BaseException as e:  # noqa: BLE001 - handed to the reader, which raises it
+        except BaseException as e:  # handed to the reader, which raises it
             self._ready.put(e)
 
     def next(self) -> tuple[Any, Fetched] | None:

@@ -2,6 +2,8 @@
 
     with serve_folder("data/demo/train") as url:   # "http://127.0.0.1:PORT"
         shards = f"{url}/shard-{{000000..000019}}.tar"
+
+The tests serve through a handler that fails on purpose (`tests/data/shard_server.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 class ShardHandler(SimpleHTTPRequestHandler):
     """Serves the folder's files (with Content-Length), without a log line per request."""
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the name http.server gives it
+    def log_message(self, format: str, *args) -> None:
         return
 
 
