@@ -24,7 +24,7 @@ from PIL import Image
 from casa_adapter.data.chat import SampleError
 from casa_adapter.data.counters import REASONS, BadEvent, BadSampleCounter
 from casa_adapter.data.decode import DecodeSettings, encode, validate
-from casa_adapter.data.fetch import StreamSettings, is_remote
+from casa_adapter.data.fetch import StreamSettings, is_remote, require_backends
 from casa_adapter.data.prefetch import ShardPrefetcher
 from casa_adapter.data.shards import SampleRef, ShardReader, index_shard, read_members
 from casa_adapter.data.sources import expand_shards
@@ -74,6 +74,7 @@ def check_shards(
     report, reader = CheckReport(), ShardReader()
     paths = [path for spec in specs for path in expand_shards(spec)]
     report.shards = len(paths)
+    require_backends(paths)
     prefetcher = ShardPrefetcher([(path, path) for path in paths if is_remote(path)], stream or StreamSettings())
     with progress_bar("check", len(paths), show_progress, unit="samples") as advance:
         try:

@@ -138,6 +138,6 @@ def main(argv: list[str]) -> int:
     try:
         commands = {"check": _check, "bench": _bench, "convert": _convert, "make-demo": _make_demo}
         return commands[args.command](args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"casa-adapter data {args.command}: error: {e}", file=sys.stderr)
         return 2

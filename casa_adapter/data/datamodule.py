@@ -18,6 +18,7 @@ for `log_dict`) or the `DataCountsLogger` callback.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +131,22 @@ class CasaDataModule(L.LightningDataModule):
 
 
 class DataCountsLogger(L.Callback):
-    """Logs `CasaDataModule.counts()` as `data/...` every `every_n_steps` training steps."""
+    """Logs `CasaDataModule.counts()` as `data/...` every `every_n_steps` training steps, and on the
+    progress bar `data/samples_per_s`: good training samples a second since the last log (a slow
+    source shows there)."""
 
     def __init__(self, every_n_steps: int = 50) -> None:
         self.every_n_steps = every_n_steps
+        self._last: tuple[float, float] | None = None
+        """(time, good training samples) at the last log."""
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         data = trainer.datamodule
         if isinstance(data, CasaDataModule) and trainer.global_step % self.every_n_steps == 0:
-            pl_module.log_dict({f"data/{k}": float(v) for k, v in data.counts().items()}, on_step=True)
+            counts = data.counts()
+            now, good = time.perf_counter(), counts.get("train/good", 0.0)
+            if self._last is not None and now > self._last[0]:
+                rate = (good - self._last[1]) / (now - self._last[0])
+                pl_module.log("data/samples_per_s", rate, on_step=True, prog_bar=True)
+            self._last = (now, good)
+            pl_module.log_dict({f"data/{k}": float(v) for k, v in counts.items()}, on_step=True)

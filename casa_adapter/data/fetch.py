@@ -15,6 +15,7 @@ endpoints come from their usual places (environment, config files) or `storage_o
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import subprocess
 import tempfile
@@ -27,12 +28,25 @@ from typing import IO, Any
 REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "gcs://", "pipe:")
 """Shard names read as streams; anything else is a local path (indexed, random access)."""
 
+_HTTP = ("fsspec", "aiohttp")
+_BACKENDS = {"http": _HTTP, "https": _HTTP, "s3": ("s3fs",), "gs": ("gcsfs",), "gcs": ("gcsfs",)}
+"""The packages each URL scheme needs (`pip install 'casa-adapter[remote]'`)."""
+
 _CHUNK = 1 << 20
 
 
 def is_remote(name: str) -> bool:
     """True for the shard names `fetch_shard` reads (URLs and `pipe:CMD`), False for local paths."""
     return name.startswith(REMOTE_PREFIXES)
+
+
+def require_backends(names: list[str]) -> None:
+    """Raise ImportError, naming the packages and the extra, when a shard's URL scheme cannot be read here."""
+    schemes = {name.split("://")[0]: name for name in names if "://" in name}  # pipe: needs nothing
+    for scheme, name in schemes.items():
+        missing = [package for package in _BACKENDS.get(scheme, ()) if importlib.util.find_spec(package) is None]
+        if missing:
+            raise ImportError(f"reading {name} needs {', '.join(missing)}: pip install 'casa-adapter[remote]'")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import IO
 
 import numpy as np
 
-from casa_adapter.data.fetch import Fetched, StreamSettings, is_remote
+from casa_adapter.data.fetch import Fetched, StreamSettings, is_remote, require_backends
 from casa_adapter.data.order import shard_sample_order, slot_shards
 from casa_adapter.data.prefetch import ShardPrefetcher
 from casa_adapter.data.shards import SampleRef, SourceIndex, index_tar, read_members
@@ -49,6 +49,7 @@ def open_source(source: Source) -> SourceIndex | ShardList:
         return SourceIndex.build(source)
     if not all(remote):
         raise ValueError(f"source {source.name!r} mixes local and remote shards; make them two sources")
+    require_backends(names)
     return ShardList(source.name or "", names)
 
 

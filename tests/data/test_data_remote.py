@@ -3,6 +3,7 @@ files, exact resume (one process, workers, two ranks), retries, missing and brok
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -10,8 +11,9 @@ import re
 import time
 
 import pytest
+import torch
 from shard_server import Faults, faulty_server
-from test_data_loader import make_processor, roundtrip, run, same
+from test_data_loader import _fit, make_processor, roundtrip, run, same
 
 from casa_adapter.data.commands import main as data_main
 from casa_adapter.data.counters import BadDataError
@@ -186,3 +188,23 @@ def test_streamed_training_needs_enough_shards_and_an_epoch_length(folder, proce
         few = loader(f"{url}/shard-000000.tar", processor, settings(num_workers=0), rank=0, world=2)
         with pytest.raises(ValueError, match="1 shards for 2 slots"):
             next(iter(few))
+
+
+def test_a_missing_backend_is_named_with_the_extra(monkeypatch, capsys) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "s3fs" else real(name, *a))
+    with pytest.raises(ImportError, match=r"s3fs: pip install 'casa-adapter\[remote\]'"):
+        open_source(Source("s3://bucket/llava/shard-{000000..000003}.tar"))
+    assert data_main(["check", "s3://bucket/llava/shard-000000.tar", "--quiet"]) == 2
+    assert "needs s3fs" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader`", "ignore:The dirpath has changed")
+def test_lightning_resumes_a_mixture_of_streamed_and_local_shards_mid_epoch(folder, tmp_path) -> None:
+    with faulty_server(folder, Faults()) as url:
+        train = [{"shards": f"{url}/{SHARDS}", "weight": 2, "name": "http"}, {"shards": folder, "name": "local"}]
+        full = _fit(folder, tmp_path / "full", max_steps=15, train=train).seen
+        _fit(folder, tmp_path / "ckpt", max_steps=8, every=8, train=train)
+        ckpt = next(p for p in os.listdir(tmp_path / "ckpt") if "step=8" in p)
+        resumed = _fit(folder, tmp_path / "resume", 15, str(tmp_path / "ckpt" / ckpt), every=8, train=train).seen
+    assert len(resumed) == 7 and all(torch.equal(a, b) for a, b in zip(resumed, full[8:]))
