@@ -18,6 +18,7 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 
+from casa_adapter.data.fetch import is_remote
 from casa_adapter.data.sources import Source, expand_shards
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
@@ -114,7 +115,11 @@ class SourceIndex:
 
     @classmethod
     def build(cls, source: Source) -> SourceIndex:
-        per_shard = [index_shard(path) for path in expand_shards(source.shards)]
+        paths = expand_shards(source.shards)
+        remote = [path for path in paths if is_remote(path)]
+        if remote:
+            raise ValueError(f"{remote[0]} is remote: an index reads local files (remote sources are streamed)")
+        per_shard = [index_shard(path) for path in paths]
         refs = [ref for shard in per_shard for ref in shard]
         if not refs:
             raise ValueError(f"source {source.name!r} ({source.shards!r}) holds no sample")
