@@ -122,9 +122,8 @@ def _skip(stream: IO[bytes], n: int) -> None:
 def _pipe(command: str) -> Iterator[IO[bytes]]:
     """The standard output of a shell command; a non-zero exit status raises OSError with its stderr."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            command, shell=True, stdout=subprocess.PIPE, stderr=err
-        )  # the user's own `pipe:` command
+        # the user's own `pipe:` command, run by the shell as WebDataset's pipe: shards are
+        proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=err)
         try:
             yield proc.stdout
         finally:
@@ -149,7 +148,7 @@ def fetch_shard(name: str, path: str, settings: StreamSettings, stop: threading.
                     while chunk := stream.read(_CHUNK):
                         out.write(chunk)
                         size += len(chunk)
-                        if stop.is_set():
+                        if stop.is_set():  # the slot has ended: the prefetcher drops what this returns
                             break
                 return Fetched(name, path, size)
             except FileNotFoundError as e:
