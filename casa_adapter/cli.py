@@ -38,7 +38,8 @@ export (casa-adapter export --help):
                            merged form), a peft LoRA adapter, or a plain HF text LLM
 
 data (casa-adapter data --help):
-  data check SHARDS...     good/bad sample counts by reason
+  data check SHARDS...     good/bad sample counts by reason (local files, URLs, s3://, gs://, pipe:)
+  data bench               samples/s reading shards: local files vs streamed over loopback HTTP
   data convert llava|folder   LLaVA json or image+caption folders -> WebDataset shards
   data make-demo           generate the embedded demo dataset (offline, deterministic)
 

@@ -1,6 +1,8 @@
 """`casa-adapter data ...`: check shards, convert LLaVA json / image folders, make the demo set.
 
 casa-adapter data check SHARDS... [--json PATH] [--tokenizer DIR --max-tokens N --image-tokens N]
+                        [--retries N --prefetch-shards N --cache-dir DIR]   (remote shards)
+casa-adapter data bench [--shards DIR] [--samples N]   (samples/s: local files vs HTTP on 127.0.0.1)
 casa-adapter data convert llava --json FILE --images DIR --out DIR [--maxcount N]
 casa-adapter data convert folder --images DIR --out DIR [--prompt TEXT] [--maxcount N]
 casa-adapter data make-demo --out DIR [--seed S --train N --val N --image-size PX --qtypes a,b]
@@ -21,13 +23,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="count good and bad samples by reason")
-    check.add_argument("shards", nargs="+", help="shard paths, brace patterns, globs or folders")
+    check.add_argument("shards", nargs="+", help="shard paths, brace patterns, globs, folders, URLs, pipe:CMD")
     check.add_argument("--json", dest="json_path", help="also write the report as json here")
     check.add_argument("--tokenizer", help="local tokenizer folder: also check tokens and the length budget")
     check.add_argument("--max-tokens", type=int, default=1024, help="budget: text + image tokens (with --tokenizer)")
     check.add_argument("--image-tokens", type=int, default=64, help="tokens one image costs (with --tokenizer)")
     check.add_argument("--overlength", choices=("truncate", "drop"), default="truncate")
     check.add_argument("--fail-above", type=float, help="exit 1 when the bad fraction is above this")
+
+    bench = sub.add_parser("bench", help="samples/s reading shards: local files vs streamed over loopback HTTP")
+    bench.add_argument("--shards", help="a folder of .tar shards (default: a generated demo set)")
+    bench.add_argument("--samples", type=int, default=4000, help="demo samples to generate without --shards")
+    for p in (check, bench):
+        p.add_argument("--retries", type=int, default=3, help="reopen a broken remote shard stream this often")
+        p.add_argument("--prefetch-shards", type=int, default=2, help="remote shards downloaded ahead")
+        p.add_argument("--cache-dir", help="folder for downloaded shards (default: the temporary folder)")
 
     convert = sub.add_parser("convert", help="convert a dataset to WebDataset shards")
     kinds = convert.add_subparsers(dest="kind", required=True)
@@ -49,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--image-size", type=int, default=64, help="image side in pixels")
     demo.add_argument("--qtypes", default=",".join(TASKS), help=f"comma-separated subset of: {', '.join(TASKS)}")
     demo.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
-    for p in (check, llava, folder, demo):
+    for p in (check, bench, llava, folder, demo):
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -67,13 +77,26 @@ def _check(args: argparse.Namespace) -> int:
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         processor = Processor(tokenizer, image_token_id=len(tokenizer), image_transform=to_tensor)
-    report = check_shards(args.shards, settings, processor, show_progress=not args.quiet)
+    report = check_shards(args.shards, settings, processor, not args.quiet, _stream_settings(args))
     print(format_report(report))
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(report.as_dict(), f, indent=2)
     too_bad = args.fail_above is not None and report.counter.bad_fraction > args.fail_above
     return 1 if too_bad else 0
+
+
+def _stream_settings(args: argparse.Namespace):
+    from casa_adapter.data.fetch import StreamSettings
+
+    return StreamSettings(retries=args.retries, prefetch_shards=args.prefetch_shards, cache_dir=args.cache_dir)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from casa_adapter.data.bench import run_bench
+
+    print(run_bench(args.shards, args.samples, _stream_settings(args), progress=not args.quiet))
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -113,7 +136,8 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return {"check": _check, "convert": _convert, "make-demo": _make_demo}[args.command](args)
-    except (FileNotFoundError, ValueError) as e:
+        commands = {"check": _check, "bench": _bench, "convert": _convert, "make-demo": _make_demo}
+        return commands[args.command](args)
+    except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"casa-adapter data {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -5,6 +5,10 @@ png, webp); other formats (gif, bmp, tiff, ...) are re-encoded to png. Entries t
 written (an image file that does not exist or does not decode, a caption file missing) are
 skipped, counted in the returned summary and logged with their id; everything else is written
 and left to the loader's checks (`casa-adapter data check` reports them).
+
+A LLaVA json is often downloaded, so its `image` paths are not trusted: each must resolve
+(symlinks followed) to a file inside `--images`. An entry with a path that leaves it (`../`, an
+absolute path elsewhere, a symlink pointing out) is skipped as `outside_images`, with its id.
 """
 
 from __future__ import annotations
@@ -69,6 +73,13 @@ def _with_placeholders(conversations: list, n_images: int) -> list:
     return turns
 
 
+def inside(root: str, relative: str) -> str | None:
+    """The real path of `relative` joined onto `root` if it stays inside `root` (symlinks resolved), else None."""
+    real_root = os.path.realpath(root)
+    path = os.path.realpath(os.path.join(real_root, relative))
+    return path if os.path.commonpath([path, real_root]) == real_root else None
+
+
 def convert_llava(json_path: str, images: str, out: str, maxcount: int = 1000, show_progress: bool = True) -> Counter:
     """LLaVA-Instruct json (`id`, `image`: a path or a list of paths under `images`, `conversations`)
     -> shards in `out`. Returns counts: written, skipped/<reason>."""
@@ -80,8 +91,13 @@ def convert_llava(json_path: str, images: str, out: str, maxcount: int = 1000, s
             advance()
             rel = entry.get("image") or []
             rel = [rel] if isinstance(rel, str) else list(rel)
-            paths = [os.path.join(images, r) for r in rel]
             ident = str(entry.get("id", i))
+            paths = [inside(images, str(r)) for r in rel]
+            if None in paths:
+                outside = [str(r) for r, p in zip(rel, paths) if p is None]
+                summary["skipped/outside_images"] += 1
+                log.warning("convert llava: skipped entry %r: outside_images (%s leaves %s)", ident, outside, images)
+                continue
             try:
                 members = _members(paths)
             except (OSError, ValueError) as e:

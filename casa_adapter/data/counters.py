@@ -17,6 +17,8 @@ log = logging.getLogger("casa_adapter.data")
 
 REASONS: dict[str, str] = {
     "truncated_tar": "the shard's tar stream ends inside this sample (the sample is incomplete)",
+    "missing_shard": "a streamed shard that does not exist (HTTP 404, no such object); counted once per visit",
+    "shard_read_error": "a streamed shard broke off and the retries ran out: the rest of the shard, counted once",
     "missing_json": "no KEY.json member",
     "empty_json": "KEY.json is empty (or an empty object)",
     "invalid_json": "KEY.json does not parse as JSON",

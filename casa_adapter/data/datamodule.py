@@ -18,6 +18,7 @@ for `log_dict`) or the `DataCountsLogger` callback.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ from casa_adapter.data.dataset import BatchStream
 from casa_adapter.data.loader import BatchLoader
 from casa_adapter.data.make_demo import DemoSettings, ensure_demo
 from casa_adapter.data.settings import DataSettings
-from casa_adapter.data.shards import SourceIndex
 from casa_adapter.data.sources import as_sources
+from casa_adapter.data.streaming import ShardList, open_source
 
 _PROBE_CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
 
@@ -100,11 +101,14 @@ class CasaDataModule(L.LightningDataModule):
             )
 
     def _loader(self, sources: list, train: bool, rank: int, world: int) -> BatchLoader:
-        indexes = [SourceIndex.build(source) for source in sources]
+        indexes = [open_source(source) for source in sources]
         stream = BatchStream(indexes, [s.weight for s in sources], self.processor, self.settings, train, rank, world)
         if not train:
             return BatchLoader(stream)
         epoch = self.settings.batches_per_epoch
+        streamed = [index.name for index in indexes if isinstance(index, ShardList)]
+        if epoch is None and streamed:
+            raise ValueError(f"streamed training sources {streamed} have no known size: set settings.batches_per_epoch")
         if epoch is None:
             epoch = max(1, sum(len(i.refs) for i in indexes) // (world * self.settings.batch_size))
         return BatchLoader(stream, epoch)
@@ -127,12 +131,22 @@ class CasaDataModule(L.LightningDataModule):
 
 
 class DataCountsLogger(L.Callback):
-    """Logs `CasaDataModule.counts()` as `data/...` every `every_n_steps` training steps."""
+    """Logs `CasaDataModule.counts()` as `data/...` every `every_n_steps` training steps, and on the
+    progress bar `data/samples_per_s`: good training samples a second since the last log (a slow
+    source shows there)."""
 
     def __init__(self, every_n_steps: int = 50) -> None:
         self.every_n_steps = every_n_steps
+        self._last: tuple[float, float] | None = None
+        """(time, good training samples) at the last log."""
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         data = trainer.datamodule
         if isinstance(data, CasaDataModule) and trainer.global_step % self.every_n_steps == 0:
-            pl_module.log_dict({f"data/{k}": float(v) for k, v in data.counts().items()}, on_step=True)
+            counts = data.counts()
+            now, good = time.perf_counter(), counts.get("train/good", 0.0)
+            if self._last is not None and now > self._last[0]:
+                rate = (good - self._last[1]) / (now - self._last[0])
+                pl_module.log("data/samples_per_s", rate, on_step=True, prog_bar=True)
+            self._last = (now, good)
+            pl_module.log_dict({f"data/{k}": float(v) for k, v in counts.items()}, on_step=True)

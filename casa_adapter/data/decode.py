@@ -80,7 +80,7 @@ class Sample:
 def validate(ref: SampleRef, members: dict[str, bytes], settings: DecodeSettings) -> tuple[Chat, list[Image.Image]]:
     """The checks that need no tokenizer: json, chat form, image count, image decoding."""
     if ref.problem is not None:
-        raise SampleError(ref.problem, "the shard ends inside this sample")
+        raise SampleError(ref.problem, ref.detail)
     chat = read_chat(parse_json(members.get("json")), list(members), settings.video_fps, settings.max_frames)
     images = [decode_image(members[ext], ext) for ext in chat.image_exts]
     if settings.blank_images:

@@ -3,7 +3,8 @@
 It wraps a `DataLoader` over a `BatchStream` (batch_size=None: workers build whole batches),
 strips each batch's `_meta` into the `BadSampleCounter` and, for training, into the position:
 
-    state = {batches consumed, {slot: draw index of the slot's next batch}, counts}
+    state = {batches consumed, {slot: draw index of the slot's next batch}, counts,
+             {slot: {streamed source: (epoch, shard, offset)}}}
 
 Lightning saves it with the checkpoint (`state_dict` / `load_state_dict`, the `_Stateful`
 protocol of its fit loop) and restores it before the first `iter()`; iteration then restarts
@@ -41,6 +42,7 @@ class BatchLoader:
         self.counter = BadSampleCounter()
         self.batches = 0
         self.positions: dict[int, int] = {}
+        self.streams: dict[int, dict] = {}
 
     def __len__(self) -> int:
         if self.epoch_batches is None:
@@ -49,6 +51,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[dict]:
         self.stream.start_positions = dict(self.positions) if self.stream.train else {}
+        self.stream.start_streams = dict(self.streams) if self.stream.train else {}
         self.stream.rotation = self.batches % max(1, self.workers) if self.stream.train else 0
         batches = iter(self.loader)
         if self.epoch_batches is not None:
@@ -59,14 +62,17 @@ class BatchLoader:
             self.counter.add_batch_meta(meta)
             if self.stream.train:
                 self.positions[meta["slot"]] = meta["position"]
+                self.streams[meta["slot"]] = meta["streams"]
                 self.batches += 1
             self.counter.check(settings.max_bad_fraction, settings.min_samples_before_failing)
-            yield batch
+            if batch:  # an evaluation stream ending in bad samples sends their meta alone: counted, not yielded
+                yield batch
 
     def _local_state(self) -> dict[str, Any]:
         return {
             "batches": self.batches,
             "positions": dict(self.positions),
+            "streams": dict(self.streams),
             "workers": self.workers,
             "counter": self.counter.state_dict(),
         }
@@ -96,4 +102,5 @@ class BatchLoader:
                 "the sample order depends on it, so resume with the same num_workers"
             )
         self.batches, self.positions = mine["batches"], dict(mine["positions"])
+        self.streams = dict(mine.get("streams", {}))  # absent from states saved before streamed sources
         self.counter.load_state_dict(mine["counter"])

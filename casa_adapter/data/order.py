@@ -20,11 +20,16 @@ an int B > 0 simulates a WebDataset shuffle buffer of B samples over the shard-o
 sequence (reads stay near-sequential), 0 keeps the order.
 
 Evaluation (`SequentialStream`): every source once, in order, split by sample.
+
+Streamed sources (`streaming.py`) cannot be indexed ahead, so their split is always by shard
+(`slot_shards`, the same permutation), and the shuffle stays within each shard
+(`shard_sample_order`); their cursor's position is (epoch, shard, samples read in it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -49,13 +54,35 @@ def shuffled(seq: np.ndarray, rng: np.random.Generator, shuffle_buffer: int | No
     return np.concatenate([np.array(out, dtype=np.int64), tail])
 
 
+def _shard_order(
+    n_shards: int, seed: int, source: int, epoch: int, shuffle_buffer: int | None
+) -> tuple[np.ndarray, np.random.Generator]:
+    """The epoch's shard permutation (the same for every slot) and the shared generator after it."""
+    shared = np.random.default_rng([seed, _ORDER, source, epoch])
+    return (np.arange(n_shards) if shuffle_buffer == 0 else shared.permutation(n_shards)), shared
+
+
+def slot_shards(
+    n_shards: int, seed: int, source: int, epoch: int, slot: int, n_slots: int, shuffle_buffer: int | None
+) -> np.ndarray:
+    """The shards a slot reads whole in `epoch` (split by shard, as `epoch_order` with enough shards)."""
+    return _shard_order(n_shards, seed, source, epoch, shuffle_buffer)[0][slot::n_slots]
+
+
+def shard_sample_order(
+    n_samples: int, seed: int, source: int, epoch: int, slot: int, shard: int, shuffle_buffer: int | None
+) -> np.ndarray:
+    """The order a slot reads a streamed shard's samples in (`shuffled` within the shard)."""
+    rng = np.random.default_rng([seed, _ORDER, source, epoch, slot + 1, shard + 1])
+    return shuffled(np.arange(n_samples, dtype=np.int64), rng, shuffle_buffer)
+
+
 def epoch_order(
     shard_sizes: list[int], seed: int, source: int, epoch: int, slot: int, n_slots: int, shuffle_buffer: int | None
 ) -> np.ndarray:
     """The sample indices (into the source's shard-ordered list) this slot reads in `epoch`."""
     starts = np.concatenate([[0], np.cumsum(shard_sizes)]).astype(np.int64)
-    shared = np.random.default_rng([seed, _ORDER, source, epoch])
-    shards = np.arange(len(shard_sizes)) if shuffle_buffer == 0 else shared.permutation(len(shard_sizes))
+    shards, shared = _shard_order(len(shard_sizes), seed, source, epoch, shuffle_buffer)
     if len(shard_sizes) >= n_slots:
         mine = shards[slot::n_slots]
         seq = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in mine])
@@ -131,11 +158,16 @@ class MixtureStream:
             counts += np.bincount(choices[: draws - block * _BLOCK], minlength=len(self.weights))
         return counts
 
-    def draws(self, start: int = 0) -> Iterator[tuple[int, int, int]]:
-        """(draw index, source, sample index) from draw `start` on, forever."""
+    def draws(self, start: int = 0, streamed: dict[int, Any] | None = None) -> Iterator[tuple[int, int, Any]]:
+        """(draw index, source, sample index) from draw `start` on, forever. A source in `streamed`
+        (its shard sizes are None) has its own cursor, positioned by the caller: its draws give what
+        the cursor's `next()` returns instead of a sample index."""
+        streamed = streamed or {}
         counts = self.source_counts(start) if len(self.weights) > 1 else [start]
         cursors = [
-            SourceCursor(sizes, self.seed, s, self.slot, self.n_slots, self.shuffle_buffer, int(c))
+            streamed[s]
+            if s in streamed
+            else SourceCursor(sizes, self.seed, s, self.slot, self.n_slots, self.shuffle_buffer, int(c))
             for s, (sizes, c) in enumerate(zip(self.shard_sizes, counts))
         ]
         draw = start

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from casa_adapter.data.decode import DecodeSettings
+from casa_adapter.data.fetch import StreamSettings
 
 
 @dataclass
@@ -37,6 +38,9 @@ class DataSettings(DecodeSettings):
 
     min_samples_before_failing: int = 200
     """Samples to see before `max_bad_fraction` is enforced (a fraction of few samples is noise)."""
+
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    """How remote shards (`http(s)://`, `s3://`, `gs://`, `pipe:`) are fetched: retries, prefetch, cache."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -18,6 +18,7 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 
+from casa_adapter.data.fetch import is_remote
 from casa_adapter.data.sources import Source, expand_shards
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
@@ -32,7 +33,11 @@ class SampleRef:
     key: str
     members: tuple[tuple[str, int, int], ...]
     problem: str | None = None
-    """A reason from `counters.REASONS` known at indexing time (`truncated_tar`), else None."""
+    """A reason from `counters.REASONS` known before reading (`truncated_tar`; for streamed shards
+    also `missing_shard`, `shard_read_error`), else None."""
+
+    detail: str = ""
+    """What went wrong, for the log, when `problem` is set."""
 
 
 def split_name(name: str) -> tuple[str, str] | None:
@@ -78,7 +83,7 @@ def index_tar(path: str) -> list[SampleRef]:
     refs = _group(path, entries)
     if truncated:
         last = refs.pop() if refs else SampleRef(path, "", ())
-        refs.append(SampleRef(path, last.key, last.members, problem="truncated_tar"))
+        refs.append(SampleRef(path, last.key, last.members, "truncated_tar", "the shard ends inside this sample"))
     return refs
 
 
@@ -110,7 +115,11 @@ class SourceIndex:
 
     @classmethod
     def build(cls, source: Source) -> SourceIndex:
-        per_shard = [index_shard(path) for path in expand_shards(source.shards)]
+        paths = expand_shards(source.shards)
+        remote = [path for path in paths if is_remote(path)]
+        if remote:
+            raise ValueError(f"{remote[0]} is remote: an index reads local files (remote sources are streamed)")
+        per_shard = [index_shard(path) for path in paths]
         refs = [ref for shard in per_shard for ref in shard]
         if not refs:
             raise ValueError(f"source {source.name!r} ({source.shards!r}) holds no sample")
@@ -129,12 +138,7 @@ class ShardReader:
         """{ext: bytes} for the sample's members (folder shards: the files `KEY.EXT`)."""
         if os.path.isdir(ref.shard):
             return {ext: _read_file(os.path.join(ref.shard, f"{ref.key}.{ext}")) for ext, _, _ in ref.members}
-        f = self._open(ref.shard)
-        out = {}
-        for ext, offset, size in ref.members:
-            f.seek(offset)
-            out[ext] = f.read(size)
-        return out
+        return read_members(self._open(ref.shard), ref)
 
     def _open(self, path: str):
         if self._pid != os.getpid():
@@ -147,6 +151,15 @@ class ShardReader:
 
     def __getstate__(self) -> dict:
         return {"max_open": self.max_open, "_files": {}, "_pid": -1}
+
+
+def read_members(f, ref: SampleRef) -> dict[str, bytes]:
+    """{ext: bytes} of a tar sample's members, read from the open tar file `f`."""
+    out = {}
+    for ext, offset, size in ref.members:
+        f.seek(offset)
+        out[ext] = f.read(size)
+    return out
 
 
 def _read_file(path: str) -> bytes:

@@ -4,6 +4,11 @@ A shard spec is a path, a brace pattern (`data/shard-{000000..000009}.tar`), a g
 (`data/*.tar`), several of these joined by `::`, or a list of them. A folder stands for the
 `.tar` files directly inside it, or, when it holds none, for itself read as one "loose"
 shard of `KEY.json` / `KEY.jpg` files (an unpacked WebDataset).
+
+Remote shards (`http(s)://`, `s3://`, `gs://`, `pipe:CMD`; see `fetch.py`) take brace patterns
+and lists too, but no globs (a `?` belongs to a URL) and no existence check here: a shard that
+is not there is counted as `missing_shard` when the loader reaches it. A source whose shards are
+remote is streamed (`streaming.py`); local sources keep the index and random access.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 
 import braceexpand
 
+from casa_adapter.data.fetch import is_remote
+
 ShardSpec = str | list[str]
 
 
@@ -23,7 +30,7 @@ class Source:
     """One dataset in a mixture."""
 
     shards: ShardSpec
-    """Shard spec: paths, brace patterns, globs, folders (see the module docstring)."""
+    """Shard spec: paths, brace patterns, globs, folders, URLs, `pipe:CMD` (see the module docstring)."""
 
     weight: float = 1.0
     """Relative sampling weight in the training mixture (normalised over the sources)."""
@@ -42,6 +49,9 @@ def expand_shards(spec: ShardSpec) -> list[str]:
     paths: list[str] = []
     for part in parts:
         for piece in str(part).split("::"):
+            if is_remote(piece):
+                paths.extend(braceexpand.braceexpand(piece))
+                continue
             for pattern in braceexpand.braceexpand(os.path.expanduser(piece)):
                 paths.extend(_expand_one(pattern))
     if not paths:
@@ -87,7 +97,15 @@ def _as_source(item: Any) -> Source:
     else:
         raise TypeError(f"cannot read a data source from {item!r}")
     if source.name is None:
-        first = expand_shards(source.shards)[0]
-        folder = first if os.path.isdir(first) else os.path.dirname(first)
-        source.name = os.path.basename(os.path.abspath(folder))
+        source.name = _default_name(expand_shards(source.shards)[0])
     return source
+
+
+def _default_name(first: str) -> str:
+    """The folder of the first shard: `data/llava/shard-0.tar` and `s3://b/llava/shard-0.tar` -> `llava`."""
+    if first.startswith("pipe:"):
+        return "pipe"
+    if is_remote(first):
+        return first.split("?")[0].rstrip("/").split("/")[-2]
+    folder = first if os.path.isdir(first) else os.path.dirname(first)
+    return os.path.basename(os.path.abspath(folder))

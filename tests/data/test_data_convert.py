@@ -65,6 +65,32 @@ def test_convert_llava_single_multi_text_only_and_missing(tmp_path) -> None:
     assert len(os.listdir(tmp_path / "out")) == 2
 
 
+def test_convert_llava_takes_only_images_inside_the_images_folder(tmp_path, caplog, capsys) -> None:
+    (tmp_path / "img" / "coco").mkdir(parents=True)
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), "red").save(secret)
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "img" / "coco" / "ok.png")
+    os.symlink(secret, tmp_path / "img" / "coco" / "escape.png")  # a symlink that points out
+    os.symlink(tmp_path / "img" / "coco" / "ok.png", tmp_path / "img" / "inside.png")  # one that stays in
+    chat = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "blue"}]
+    entries = [
+        {"id": "ok", "image": "coco/ok.png", "conversations": chat},
+        {"id": "link-in", "image": "inside.png", "conversations": chat},
+        {"id": "dotdot", "image": "coco/../../secret.png", "conversations": chat},
+        {"id": "absolute", "image": str(secret), "conversations": chat},
+        {"id": "link-out", "image": "coco/escape.png", "conversations": chat},
+        {"id": "one-of-two", "image": ["coco/ok.png", "../secret.png"], "conversations": chat},
+    ]
+    (tmp_path / "llava.json").write_text(json.dumps(entries))
+    argv = ["convert", "llava", "--json", str(tmp_path / "llava.json"), "--images", str(tmp_path / "img")]
+    with caplog.at_level("WARNING", logger="casa_adapter.data"):
+        assert data_main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert sorted(samples_of(str(tmp_path / "out"))) == ["link-in", "ok"]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert all(f"'{ident}'" in logged for ident in ("dotdot", "absolute", "link-out", "one-of-two"))
+    assert logged.count("outside_images") == 4 and "skipped/outside_images: 4" in capsys.readouterr().out
+
+
 def test_convert_folder_pairs_images_with_captions(tmp_path) -> None:
     (tmp_path / "pics" / "sub").mkdir(parents=True)
     Image.new("RGB", (8, 8), "red").save(tmp_path / "pics" / "x.jpg")

@@ -154,10 +154,14 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def _fit(data: str, tmp_path, max_steps: int, ckpt: str | None = None, every: int | None = None) -> Recorder:
+def _fit(
+    data: str, tmp_path, max_steps: int, ckpt: str | None = None, every: int | None = None, train: list | None = None
+) -> Recorder:
+    """A Lightning fit over `train` (default: the sources a (weight 2) and b under `data`)."""
     module = Recorder()
     datamodule = CasaDataModule(
-        train=[{"shards": os.path.join(data, "a"), "weight": 2}, {"shards": os.path.join(data, "b"), "weight": 1}],
+        train=train
+        or [{"shards": os.path.join(data, "a"), "weight": 2}, {"shards": os.path.join(data, "b"), "weight": 1}],
         settings=settings(num_workers=2, batches_per_epoch=EPOCH),
         processor=make_processor(),
     )
@@ -176,6 +180,7 @@ def _fit(data: str, tmp_path, max_steps: int, ckpt: str | None = None, every: in
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
     assert trainer.callback_metrics["data/train/good"] == datamodule.counts()["train/good"] > 0
+    assert trainer.callback_metrics["data/samples_per_s"] > 0  # on the progress bar
     return module
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from casa_adapter.data.fixtures import write_good_shards
-from casa_adapter.data.order import MixtureStream, SequentialStream, epoch_order, shuffled
+from casa_adapter.data.order import MixtureStream, SequentialStream, epoch_order, shuffled, slot_shards
 from casa_adapter.data.shards import ShardReader, SourceIndex
 from casa_adapter.data.sources import Source, as_sources, expand_shards
 
@@ -51,6 +51,19 @@ def test_slots_partition_each_epoch(sizes, n_slots, buffer) -> None:
         assert sorted(np.concatenate(parts).tolist()) == list(range(sum(sizes)))
     a = [epoch_order(sizes, 7, 0, 0, 0, n_slots, buffer), epoch_order(sizes, 7, 0, 1, 0, n_slots, buffer)]
     assert buffer == 0 or n_slots == 4 or not np.array_equal(*a)  # reshuffled every epoch
+
+
+@pytest.mark.parametrize("n_shards, n_slots", [(8, 4), (9, 2), (5, 5)])
+def test_streamed_shards_split_without_overlap(n_shards, n_slots) -> None:
+    """Every rank x worker slot reads its own shards: together all of them, once, every epoch."""
+    epochs = []
+    for epoch in range(3):
+        parts = [slot_shards(n_shards, 5, 0, epoch, slot, n_slots, None).tolist() for slot in range(n_slots)]
+        assert sorted(s for part in parts for s in part) == list(range(n_shards))
+        sizes = [1] * n_shards  # one sample a shard: the indexed split by shard gives each slot the same shards
+        assert all(sorted(p) == sorted(epoch_order(sizes, 5, 0, epoch, s, n_slots, None)) for s, p in enumerate(parts))
+        epochs.append(parts)
+    assert epochs[0] != epochs[1] != epochs[2]  # a new shard order every epoch
 
 
 def test_shuffle_buffer_is_a_local_permutation() -> None:
