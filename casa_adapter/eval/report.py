@@ -33,9 +33,9 @@ class Scoreboard:
         self, names: Sequence[str], build: Callable[[Sequence[str]], MetricCollection] = build_metrics
     ) -> None:
         self.build = build
-        self.overall = build(names)
-        self.names = list(self.overall.keys())
+        self.names = list(names)
         """Canonical metric names, in the order given (the table's and the JSON's order)."""
+        self.overall = build(self.names)
         self.by_qtype: dict[str, MetricCollection] = {}
         self.count = 0
         """Items scored."""

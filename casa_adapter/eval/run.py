@@ -45,9 +45,10 @@ def until_stop(row: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_answers(
-    model: Any, processor: Any, inputs: list[dict], max_new_tokens: int, stop_ids: list[int]
+    model: Any, processor: Any, inputs: list[dict], max_new_tokens: int, stop_ids: list[int], **sampling: Any
 ) -> list[str]:
-    """Greedy answers for processed prompts (one left-padded batch), decoded and stripped."""
+    """Answers for processed prompts (one left-padded batch), decoded and stripped; greedy unless `sampling`
+    (`generate` keywords: `do_sample`, `temperature`, `top_p`, `num_beams`) says otherwise."""
     batch = processor.collate(inputs, padding_side="left")
     ids = batch["input_ids"].to(model.device)  # (B, T)
     out = model.generate(
@@ -55,7 +56,7 @@ def generate_answers(
         attention_mask=batch["attention_mask"].to(model.device),
         images=batch["images"],
         max_new_tokens=max_new_tokens,
-        do_sample=False,
+        **{"do_sample": False, **sampling},
         eos_token_id=stop_ids,
         pad_token_id=processor.pad_token_id,
     )  # (B, T + n)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from casa_adapter.eval.protocol import get_protocol
+from casa_adapter.metrics.collection import canonical_name
 
 DEFAULT_METRICS = ("exact_match", "vqa_accuracy", "anls", "relaxed_accuracy")
 """Metrics computed when none are named (canonical names of `casa_adapter.metrics.build_metrics`)."""
@@ -25,7 +26,7 @@ class EvalSettings:
     """Also write the metrics (overall, per question type, bad-sample counts) as JSON here."""
 
     metrics: tuple[str, ...] = DEFAULT_METRICS
-    """Metric names (aliases accepted: `em`, `vqa`, `relaxed`, ...)."""
+    """Metric names (aliases accepted: `em`, `vqa`, `relaxed`, ...; kept as canonical names)."""
 
     max_new_tokens: int = 16
     """Most tokens generated per answer (greedy decoding; stops at the end-of-turn token)."""
@@ -58,6 +59,7 @@ class EvalSettings:
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):
             self.shards = [self.shards]
+        self.metrics = tuple(canonical_name(name) for name in self.metrics)
         if self.max_new_tokens < 1 or self.batch_size < 1 or (self.limit is not None and self.limit < 0):
             raise ValueError(f"max_new_tokens and batch_size must be >= 1 and limit >= 0: {self}")
         if self.video_fps <= 0 or self.max_frames < 1:

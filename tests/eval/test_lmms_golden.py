@@ -20,10 +20,10 @@ from casa_adapter.metrics import build_metrics
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install 'casa-adapter[lmms]')")
 
-from lmms_eval.api.metrics import anls  # noqa: E402
-from lmms_eval.tasks.chartqa.utils import chartqa_process_results  # noqa: E402
-from lmms_eval.tasks.textvqa.utils import textvqa_process_results  # noqa: E402
-from lmms_eval.tasks.vqav2.utils import vqav2_process_results  # noqa: E402
+from lmms_eval.api.metrics import anls
+from lmms_eval.tasks.chartqa.utils import chartqa_process_results
+from lmms_eval.tasks.textvqa.utils import textvqa_process_results
+from lmms_eval.tasks.vqav2.utils import vqav2_process_results
 
 PREDICTIONS = Path(__file__).resolve().parents[1] / "fixtures" / "protocol_predictions.jsonl"
 ROWS = [json.loads(line) for line in PREDICTIONS.read_text().splitlines()]

@@ -98,7 +98,9 @@ def test_doctests(module):
 @pytest.fixture(scope="module")
 def demo_adapter(tmp_path_factory):
     root = tmp_path_factory.mktemp("protocol")
-    make_demo(DemoSettings(out=str(root / "demo"), train=0, val=6, image_size=32, qtypes=("color",)), show_progress=False)
+    make_demo(
+        DemoSettings(out=str(root / "demo"), train=0, val=6, image_size=32, qtypes=("color",)), show_progress=False
+    )
     llm, _ = load_base("tiny")
     model = casa_adapter.wrap(llm, vision=casa_adapter.VisionSettings("siglip-tiny", pretrained=False, image_size=32))
     randomize_new_params(model, scale=0.5)

@@ -4,11 +4,14 @@
 lmms-eval numbers (Kyutai's CASA among them) were scored by lmms-eval's task functions, which
 differ at a few edges; the `kyutai` protocol scores with these, so its numbers are lmms-eval's:
 
-| score | lmms-eval function | differs from `casa_adapter.metrics` in |
-|---|---|---|
-| `lmms_relaxed_match` | `tasks/chartqa/utils.relaxed_correctness` | numbers are `float(text)` (no `1,234`); a reference of 0 is compared as text; text is compared lowercased, not stripped |
-| `lmms_anls_score` | `api/metrics.anls` (DocVQA, InfoVQA) | the distance is divided by the longer *raw* length (before stripping); the 0.5 cut-off applies to `1 - min NL`, so NL = 0.5 scores 0.5, not 0 |
-| `textvqa_score` | `tasks/textvqa/utils.textvqa_process_results` | both sides first go through EvalAI's `word_tokenize` (lowercase, `,` and `?` deleted, `'s` split off) |
+- `lmms_relaxed_match` (ChartQA, `tasks/chartqa/utils.relaxed_correctness`): numbers are
+  `float(text)` (so `1,234` is text); a reference of 0 is compared as text; text is compared
+  lowercased but not stripped;
+- `lmms_anls_score` (DocVQA, InfoVQA, `api/metrics.anls`): the distance is divided by the longer
+  *raw* length (before stripping), and the 0.5 cut-off applies to `1 - min NL`, so NL = 0.5 scores
+  0.5, not 0;
+- `textvqa_score` (`tasks/textvqa/utils.textvqa_process_results`): both sides first go through
+  EvalAI's `word_tokenize` (lowercase, `,` and `?` deleted, `'s` split off).
 
 VQAv2 (`tasks/vqav2/utils.vqav2_process_results`) equals `casa_adapter.metrics.vqa_soft_score`,
 and the protocol uses that. tests/eval/test_lmms_golden.py checks every score here against the
