@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from PIL import Image
 import casa_adapter
 from casa_adapter.backbone.base_models import load_base
 from casa_adapter.data.make_demo import DemoSettings, make_demo
+from casa_adapter.data.shards import ShardReader, SourceIndex
+from casa_adapter.data.sources import Source
 from casa_adapter.eval import main as eval_main
 
 from conftest import randomize_new_params
@@ -75,15 +76,6 @@ metric_list:
 """
 
 
-def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tf:
-        for info in tf:
-            key, ext = info.name.split(".", 1)
-            samples.setdefault(key, {})[ext] = tf.extractfile(info).read()
-    return samples
-
-
 def write_video(path: Path, frames: list[bytes], times: list[float]) -> None:
     """Lossless FFV1 video of PNG frames at evenly spaced `times` (decoded back bit for bit)."""
     images = [Image.open(io.BytesIO(f)).convert("RGB") for f in frames]
@@ -99,7 +91,9 @@ def write_video(path: Path, frames: list[bytes], times: list[float]) -> None:
 def task_docs(shard: Path, folder: Path) -> list[dict]:
     """One lmms-eval doc per demo sample: the question as the shard has it, its images / video as files."""
     docs = []
-    for key, members in read_tar(shard).items():
+    reader = ShardReader()
+    for ref in SourceIndex.build(Source(shards=str(shard), name="val")).refs:
+        key, members = ref.key, reader.read(ref)
         record = json.loads(members["json"])
         pngs = sorted(ext for ext in members if ext.endswith("png"))
         for ext in pngs:
