@@ -3,6 +3,7 @@
 casa-adapter eval --adapter DIR --base NAME_OR_PATH --shards SPEC [--shards SPEC ...]
                   [--out preds.jsonl] [--metrics exact_match,vqa,anls,relaxed] [--max-new-tokens 16]
                   [--batch-size 8] [--limit N] [--system-prompt TEXT] [--json PATH] [--quiet]
+                  [--protocol kyutai --task BENCHMARK]
 casa-adapter eval --recipe RECIPE.yaml [--adapter DIR] [--shards SPEC ...] [...]
 """
 
@@ -55,9 +56,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the metrics as JSON here")
     p.add_argument(
         "--metrics",
-        default=",".join(DEFAULT_METRICS),
         metavar="NAMES",
-        help="comma-separated metric names or aliases (default: %(default)s)",
+        help=f"comma-separated metric names or aliases (default: {','.join(DEFAULT_METRICS)})",
+    )
+    p.add_argument(
+        "--protocol",
+        metavar="NAME",
+        help="a named evaluation protocol, e.g. 'kyutai' (prompt suffix, answer clean-up and the metric of "
+        "--task, lmms-eval's scoring; replaces --metrics)",
+    )
+    p.add_argument(
+        "--task",
+        metavar="BENCHMARK",
+        help="with --protocol: the benchmark the shards hold (chartqa, docvqa, infovqa, textvqa, vqav2, ...)",
     )
     p.add_argument("--max-new-tokens", type=int, default=16, metavar="N", help="greedy tokens per answer (default: 16)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="samples per generate call (default: 8)")
@@ -95,15 +106,20 @@ def eval_settings(args: argparse.Namespace, recipe: Recipe | None) -> EvalSettin
         "max_frames": args.max_frames if args.max_frames is not None else decode.get("max_frames"),
         "blank_images": True if args.blank_images else decode.get("blank_images"),
     }
+    if args.protocol and args.metrics:
+        raise ValueError("--protocol picks the metric of --task; give either --protocol or --metrics")
+    metrics = args.metrics or ",".join(DEFAULT_METRICS)
     return EvalSettings(
         shards=shards,
         out=args.out,
         json_path=args.json_path,
-        metrics=tuple(canonical_name(m) for m in args.metrics.split(",") if m.strip()),
+        metrics=tuple(canonical_name(m) for m in metrics.split(",") if m.strip()),
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         limit=args.limit,
         show_progress=not args.quiet,
+        protocol=args.protocol,
+        task=args.task,
         **{k: v for k, v in optional.items() if v is not None},
     )
 

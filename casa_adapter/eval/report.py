@@ -6,7 +6,8 @@ The results dict (what `--json` writes and `evaluate` returns):
      "qtypes": {"color": {"count": k, "exact_match": ...}, ...},    # samples that have a `qtype`
      "samples": {"good": n, "bad": b, "bad_fraction": ..., "reasons": {reason: count},
                  "sources": {source: good count}},
-     "predictions": "preds.jsonl"}
+     "predictions": "preds.jsonl",
+     "protocol": {"name": "kyutai", "task": "docvqa", "metric": "anls"}}   # only with --protocol
 
 Scores are the metrics' means in [0, 1]; the table shows them as percentages.
 """
@@ -14,7 +15,7 @@ Scores are the metrics' means in [0, 1]; the table shows them as percentages.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -22,16 +23,19 @@ from torchmetrics import MetricCollection
 
 from casa_adapter.data.counters import BadSampleCounter
 from casa_adapter.metrics import build_metrics
-from casa_adapter.metrics.collection import canonical_name
 
 
 class Scoreboard:
-    """`casa_adapter.metrics` collections, one overall and one per question type, with counts."""
+    """Metric collections, one overall and one per question type, with counts. `build` makes a collection
+    from the names (`casa_adapter.metrics.build_metrics`, or a protocol's `protocol_metrics`)."""
 
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = [canonical_name(name) for name in names]
+    def __init__(
+        self, names: Sequence[str], build: Callable[[Sequence[str]], MetricCollection] = build_metrics
+    ) -> None:
+        self.build = build
+        self.names = list(names)
         """Canonical metric names, in the order given (the table's and the JSON's order)."""
-        self.overall = build_metrics(self.names)
+        self.overall = build(self.names)
         self.by_qtype: dict[str, MetricCollection] = {}
         self.count = 0
         """Items scored."""
@@ -46,7 +50,7 @@ class Scoreboard:
             if qtype is None:
                 continue
             if qtype not in self.by_qtype:
-                self.by_qtype[qtype] = build_metrics(self.names)
+                self.by_qtype[qtype] = self.build(self.names)
             self.by_qtype[qtype].update([prediction], [refs])
             self.qtype_counts[qtype] += 1
 

@@ -19,6 +19,7 @@ from casa_adapter.data.counters import BadSampleCounter
 from casa_adapter.data.decode import DecodeSettings
 from casa_adapter.data.shards import SourceIndex
 from casa_adapter.data.sources import Source
+from casa_adapter.eval.protocol import Protocol, get_protocol, protocol_metrics
 from casa_adapter.eval.report import Scoreboard, sample_counts
 from casa_adapter.eval.samples import EvalSample, read_samples
 from casa_adapter.eval.settings import EvalSettings
@@ -44,9 +45,10 @@ def until_stop(row: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_answers(
-    model: Any, processor: Any, inputs: list[dict], max_new_tokens: int, stop_ids: list[int]
+    model: Any, processor: Any, inputs: list[dict], max_new_tokens: int, stop_ids: list[int], **sampling: Any
 ) -> list[str]:
-    """Greedy answers for processed prompts (one left-padded batch), decoded and stripped."""
+    """Answers for processed prompts (one left-padded batch), decoded and stripped; greedy unless `sampling`
+    (`generate` keywords: `do_sample`, `temperature`, `top_p`, `num_beams`) says otherwise."""
     batch = processor.collate(inputs, padding_side="left")
     ids = batch["input_ids"].to(model.device)  # (B, T)
     out = model.generate(
@@ -54,7 +56,7 @@ def generate_answers(
         attention_mask=batch["attention_mask"].to(model.device),
         images=batch["images"],
         max_new_tokens=max_new_tokens,
-        do_sample=False,
+        **{"do_sample": False, **sampling},
         eos_token_id=stop_ids,
         pad_token_id=processor.pad_token_id,
     )  # (B, T + n)
@@ -85,16 +87,25 @@ def index_sources(specs: list[str]) -> list[SourceIndex]:
     return [SourceIndex.build(Source(shards=spec, name=spec)) for spec in specs]
 
 
+def scoring(settings: EvalSettings) -> tuple[Protocol | None, Scoreboard]:
+    """The protocol `settings` names (None: none) and the scoreboard of its metric, else of `settings.metrics`."""
+    if settings.protocol is None:
+        return None, Scoreboard(settings.metrics)
+    protocol = get_protocol(settings.protocol)
+    return protocol, Scoreboard([protocol.metric_for(settings.task)], protocol_metrics)
+
+
 def evaluate(model: Any, processor: Any, settings: EvalSettings) -> dict:
     """Answer every sample of `settings.shards` in order; write the JSONL; return the results
-    (`overall`, `qtypes`, `samples`, `predictions`: see `casa_adapter.eval.report`)."""
+    (`overall`, `qtypes`, `samples`, `predictions`, and `protocol` with one: see `casa_adapter.eval.report`)."""
+    protocol, board = scoring(settings)
     indexes = index_sources(list(settings.shards))
     total = sum(len(index.refs) for index in indexes)
     decode = DecodeSettings(
         video_fps=settings.video_fps, max_frames=settings.max_frames, blank_images=settings.blank_images
     )
     stop_ids = stop_token_ids(model, processor.tokenizer)
-    counter, board = BadSampleCounter(), Scoreboard(settings.metrics)
+    counter = BadSampleCounter()
     model.eval()
     with (
         jsonl_writer(settings.out) as write,
@@ -102,13 +113,19 @@ def evaluate(model: Any, processor: Any, settings: EvalSettings) -> dict:
             "eval", total if settings.limit is None else min(total, settings.limit), settings.show_progress
         ) as advance,
     ):
-        samples = read_samples(indexes, processor, decode, counter, on_bad=lambda: advance(1))
+        question = protocol.question if protocol else str
+        samples = read_samples(indexes, processor, decode, counter, on_bad=lambda: advance(1), question=question)
         for chunk in batches(itertools.islice(samples, settings.limit), settings.batch_size):
             predictions = generate_answers(
                 model, processor, [s.inputs for s in chunk], settings.max_new_tokens, stop_ids
             )
+            if protocol is not None:
+                predictions = [protocol.clean(p) for p in predictions]
             board.update(predictions, [s.answers for s in chunk], [s.qtype for s in chunk])
             for sample, prediction in zip(chunk, predictions):
                 write(sample.record(prediction))
             advance(len(chunk))
-    return {**board.results(), "samples": sample_counts(counter), "predictions": settings.out}
+    results = {**board.results(), "samples": sample_counts(counter), "predictions": settings.out}
+    if protocol is not None:
+        results["protocol"] = {"name": protocol.name, "task": settings.task, "metric": board.names[0]}
+    return results

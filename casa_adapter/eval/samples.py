@@ -66,13 +66,25 @@ def prompt_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return messages[:last]
 
 
+def ask(messages: list[dict[str, str]], question: Callable[[str], str]) -> list[dict[str, str]]:
+    """The chat with `question` applied to its last user message (a protocol's prompt suffix)."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    return [{**m, "content": question(m["content"])} if i == last else m for i, m in enumerate(messages)]
+
+
 def to_sample(
-    ref: SampleRef, members: dict[str, bytes], source: str, processor: Any, settings: DecodeSettings
+    ref: SampleRef,
+    members: dict[str, bytes],
+    source: str,
+    processor: Any,
+    settings: DecodeSettings,
+    question: Callable[[str], str] = str,
 ) -> EvalSample:
-    """A raw sample -> `EvalSample`, or `SampleError` with the reason it is bad."""
+    """A raw sample -> `EvalSample` (`question` rewrites the last user message), or `SampleError` with the
+    reason it is bad."""
     chat, images = validate(ref, members, settings)
     obj = parse_json(members.get("json"))
-    prompt = prompt_messages(chat.messages)
+    prompt = ask(prompt_messages(chat.messages), question)
     n_images = sum(m["content"].count(IMAGE) for m in prompt)
     try:
         inputs = processor({"messages": prompt}, images[:n_images] or None, add_generation_prompt=True)
@@ -96,14 +108,15 @@ def read_samples(
     settings: DecodeSettings,
     counter: BadSampleCounter,
     on_bad: Callable[[], None] = lambda: None,
+    question: Callable[[str], str] = str,
 ) -> Iterator[EvalSample]:
-    """Every good sample of `indexes`, in order; bad ones are counted in `counter` (and logged),
-    and `on_bad()` is called for each."""
+    """Every good sample of `indexes`, in order (`question` rewrites each last user message); bad ones are
+    counted in `counter` (and logged), and `on_bad()` is called for each."""
     reader = ShardReader()
     for index in indexes:
         for ref in index.refs:
             try:
-                sample = to_sample(ref, reader.read(ref), index.name, processor, settings)
+                sample = to_sample(ref, reader.read(ref), index.name, processor, settings, question)
             except SampleError as e:
                 counter.add_bad(BadEvent(e.reason, ref.shard, ref.key, e.detail))
                 on_bad()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from casa_adapter.eval.protocol import get_protocol
+from casa_adapter.metrics.collection import canonical_name
+
 DEFAULT_METRICS = ("exact_match", "vqa_accuracy", "anls", "relaxed_accuracy")
 """Metrics computed when none are named (canonical names of `casa_adapter.metrics.build_metrics`)."""
 
@@ -23,7 +26,7 @@ class EvalSettings:
     """Also write the metrics (overall, per question type, bad-sample counts) as JSON here."""
 
     metrics: tuple[str, ...] = DEFAULT_METRICS
-    """Metric names (aliases accepted: `em`, `vqa`, `relaxed`, ...)."""
+    """Metric names (aliases accepted: `em`, `vqa`, `relaxed`, ...; kept as canonical names)."""
 
     max_new_tokens: int = 16
     """Most tokens generated per answer (greedy decoding; stops at the end-of-turn token)."""
@@ -46,10 +49,22 @@ class EvalSettings:
     show_progress: bool = True
     """Draw a progress bar over the samples (on stderr)."""
 
+    protocol: str | None = None
+    """A named protocol of `casa_adapter.eval.protocol` ("kyutai"): its prompt suffix, its answer clean-up
+    and the metric it gives `task`, in place of `metrics`. None: the chat as it is, the `metrics`."""
+
+    task: str | None = None
+    """The benchmark the shards hold (`chartqa`, `docvqa`, `docvqa_val`, ...): picks the protocol's metric."""
+
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):
             self.shards = [self.shards]
+        self.metrics = tuple(canonical_name(name) for name in self.metrics)
         if self.max_new_tokens < 1 or self.batch_size < 1 or (self.limit is not None and self.limit < 0):
             raise ValueError(f"max_new_tokens and batch_size must be >= 1 and limit >= 0: {self}")
         if self.video_fps <= 0 or self.max_frames < 1:
             raise ValueError(f"video_fps must be > 0 and max_frames >= 1: {self}")
+        if self.protocol is not None:
+            get_protocol(self.protocol)  # ValueError naming the known protocols
+        if self.task is not None and self.protocol is None:
+            raise ValueError(f"task={self.task!r} picks a protocol's metric; give a protocol too")
