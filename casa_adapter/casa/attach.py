@@ -5,11 +5,11 @@ after wrapping would see `CasaAttention` where the family's attention was).
 
 - `casa_blocks`: which decoder blocks get a CASA layer, with every check that can fail (family,
   block list, attention layout, head geometry), before anything is changed;
-- `attach_casa`: set a `CasaAttention` (self-attention + CASA layer) in each chosen block and the
-  `MarkerEmbedding` in place of the token embedding, then probe with one tiny forward that every
-  CASA layer receives `casa_inputs` (some families drop keyword arguments on the way);
-- `detach_casa`: put the original attention modules and embedding back (used to roll a failed
-  `wrap()` back, so the user's LLM is left as it was).
+- `attach_casa`: open the LLM's `CasaChannel`, set a `CasaAttention` (self-attention + CASA layer)
+  in each chosen block and the `MarkerEmbedding` in place of the token embedding, then probe with
+  one tiny forward that every CASA layer receives the call's `casa_inputs` and runs;
+- `detach_casa`: put the original attention modules and embedding back and close the channel (used
+  to roll a failed `wrap()` back, so the user's LLM is left as it was).
 
 `casa_adapter.fusion.build` calls these around the steps both fusions share (freeze, LoRA, vision).
 """
@@ -21,6 +21,7 @@ from torch import nn
 
 from casa_adapter.backbone.access import AttentionAccess
 from casa_adapter.backbone.families import FamilySpec, UnsupportedModelError, decoder_blocks
+from casa_adapter.casa.channel import CasaChannel
 from casa_adapter.casa.marker import MarkerEmbedding
 from casa_adapter.casa.parallel import CasaAttention
 from casa_adapter.casa.variants import build_layer
@@ -53,19 +54,21 @@ def casa_blocks(llm: nn.Module, spec: FamilySpec, settings: CasaSettings) -> lis
 def attach_casa(llm: nn.Module, spec: FamilySpec, settings: CasaSettings, indices: list[int]) -> None:
     """CASA layers beside blocks `indices` (after `casa_blocks`) and the marker embedding, then the probe."""
     blocks = decoder_blocks(llm, spec)
+    channel = CasaChannel(llm)
     for i in indices:
         attn = getattr(blocks[i], spec.attention)
         access = AttentionAccess(attn, spec, llm.config, llm.config.model_type)
-        setattr(blocks[i], spec.attention, CasaAttention(attn, build_layer(access, i, settings)))
+        setattr(blocks[i], spec.attention, CasaAttention(attn, build_layer(access, i, settings), channel))
     llm.set_input_embeddings(MarkerEmbedding(llm.get_input_embeddings()))
     probe_casa(llm, spec, indices)
 
 
 def detach_casa(llm: nn.Module, spec: FamilySpec) -> None:
-    """Put back every attention module and the token embedding that `attach_casa` wrapped."""
+    """Put back every attention module and the token embedding that `attach_casa` wrapped; close the channel."""
     for block in decoder_blocks(llm, spec):
         attn = getattr(block, spec.attention)
         if isinstance(attn, CasaAttention):
+            attn.channel.close()
             setattr(block, spec.attention, attn.sa)
     embedding = llm.get_input_embeddings()
     if isinstance(embedding, MarkerEmbedding):
@@ -73,7 +76,7 @@ def detach_casa(llm: nn.Module, spec: FamilySpec) -> None:
 
 
 def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
-    """One 2-token forward with an image: every CASA layer must receive `casa_inputs` and run."""
+    """One 2-token forward with an image: every CASA layer must receive the call's `casa_inputs` and run."""
     ref = next(llm.parameters())
     marker = llm.get_input_embeddings().marker_id
     ids = torch.tensor([[0, marker]], device=ref.device)
@@ -85,14 +88,7 @@ def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
         one,
         one,
     )
-    reached: list[int] = []
-    blocks = decoder_blocks(llm, spec)
-    hooks = [
-        getattr(blocks[i], spec.attention).register_forward_pre_hook(
-            lambda m, a, kw, i=i: reached.append(i) if kw.get("casa_inputs") is not None else None, with_kwargs=True
-        )
-        for i in indices
-    ]
+    channel = getattr(decoder_blocks(llm, spec)[indices[0]], spec.attention).channel
     try:
         with torch.no_grad():
             llm(input_ids=ids, casa_inputs=inputs, use_cache=False)
@@ -101,14 +97,11 @@ def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
             f"model_type {llm.config.model_type!r}: a forward through the CASA layers failed "
             f"({type(e).__name__}: {e}); add a FamilySpec (docs/adding-a-family.md)"
         ) from e
-    finally:
-        for h in hooks:
-            h.remove()
-    missed = sorted(set(indices) - set(reached))
+    missed = sorted(set(indices) - channel.readers)
     if missed:
         raise UnsupportedModelError(
-            f"model_type {llm.config.model_type!r}: decoder blocks {missed} do not pass keyword arguments on to their "
-            f"attention, so images cannot reach the CASA layers; this family cannot be wrapped as is"
+            f"model_type {llm.config.model_type!r}: the CASA layers of decoder blocks {missed} were not called "
+            f"during a forward, so images cannot reach them; add a FamilySpec (docs/adding-a-family.md)"
         )
 
 
