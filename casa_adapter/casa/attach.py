@@ -20,7 +20,15 @@ import torch
 from torch import nn
 
 from casa_adapter.backbone.access import AttentionAccess
-from casa_adapter.backbone.families import FamilySpec, UnsupportedModelError, decoder_blocks
+from casa_adapter.backbone.families import (
+    FamilySpec,
+    UnsupportedModelError,
+    attention_blocks,
+    decoder_blocks,
+    get_path,
+    set_path,
+    text_config,
+)
 from casa_adapter.casa.channel import CasaChannel
 from casa_adapter.casa.marker import MarkerEmbedding
 from casa_adapter.casa.parallel import CasaAttention
@@ -36,18 +44,28 @@ def layer_indices(n_blocks: int, every: int = 1, layers: list[int] | None = None
         out = sorted({i + n_blocks if i < 0 else i for i in layers})
         bad = [i for i in out if not 0 <= i < n_blocks]
         if bad or not out:
-            raise ValueError(f"layers={layers}: indices must be within [-{n_blocks}, {n_blocks}) and non-empty")
+            raise ValueError(
+                f"layers={layers}: indices must be within [-{n_blocks}, {n_blocks}) (the attention blocks) and non-empty"
+            )
         return out
     return sorted(range(n_blocks - 1, -1, -every))
 
 
 def casa_blocks(llm: nn.Module, spec: FamilySpec, settings: CasaSettings) -> list[int]:
     """The block indices `settings` place CASA layers in; raises UnsupportedModelError / ValueError
-    for what cannot be wrapped, without changing `llm`."""
-    blocks = decoder_blocks(llm, spec)
-    indices = layer_indices(len(blocks), settings.every, settings.layers)
+    for what cannot be wrapped, without changing `llm`.
+
+    `every` and `layers` count the attention blocks (in a hybrid stack, the blocks with self-attention)."""
+    model_type = llm.config.model_type
+    if settings.variant == "shared" and spec.layout == "own":
+        raise UnsupportedModelError(
+            f"model_type {model_type!r}: variant 'shared' calls the block's own q/k/v projections, and this "
+            f"attention's ({spec.layout!r} layout) cannot serve as CASA's; use variant='casa' or 'ca'"
+        )
+    blocks, attending = decoder_blocks(llm, spec), attention_blocks(llm, spec)
+    indices = [attending[j] for j in layer_indices(len(attending), settings.every, settings.layers)]
     for i in indices:
-        AttentionAccess(getattr(blocks[i], spec.attention), spec, llm.config, llm.config.model_type)
+        AttentionAccess(get_path(blocks[i], spec.attention), spec, llm.config, model_type)
     return indices
 
 
@@ -56,9 +74,9 @@ def attach_casa(llm: nn.Module, spec: FamilySpec, settings: CasaSettings, indice
     blocks = decoder_blocks(llm, spec)
     channel = CasaChannel(llm)
     for i in indices:
-        attn = getattr(blocks[i], spec.attention)
+        attn = get_path(blocks[i], spec.attention)
         access = AttentionAccess(attn, spec, llm.config, llm.config.model_type)
-        setattr(blocks[i], spec.attention, CasaAttention(attn, build_layer(access, i, settings), channel))
+        set_path(blocks[i], spec.attention, CasaAttention(attn, build_layer(access, i, settings), channel))
     llm.set_input_embeddings(MarkerEmbedding(llm.get_input_embeddings()))
     probe_casa(llm, spec, indices)
 
@@ -66,10 +84,10 @@ def attach_casa(llm: nn.Module, spec: FamilySpec, settings: CasaSettings, indice
 def detach_casa(llm: nn.Module, spec: FamilySpec) -> None:
     """Put back every attention module and the token embedding that `attach_casa` wrapped; close the channel."""
     for block in decoder_blocks(llm, spec):
-        attn = getattr(block, spec.attention)
+        attn = get_path(block, spec.attention)
         if isinstance(attn, CasaAttention):
             attn.channel.close()
-            setattr(block, spec.attention, attn.sa)
+            set_path(block, spec.attention, attn.sa)
     embedding = llm.get_input_embeddings()
     if isinstance(embedding, MarkerEmbedding):
         llm.set_input_embeddings(embedding.base)
@@ -84,11 +102,11 @@ def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
     inputs = CasaInputs(
         torch.tensor([[0, 1]], device=ref.device),
         torch.tensor([[0, 1]], device=ref.device),
-        torch.zeros(1, 1, llm.config.hidden_size, device=ref.device, dtype=ref.dtype),
+        torch.zeros(1, 1, text_config(llm.config).hidden_size, device=ref.device, dtype=ref.dtype),
         one,
         one,
     )
-    channel = getattr(decoder_blocks(llm, spec)[indices[0]], spec.attention).channel
+    channel = get_path(decoder_blocks(llm, spec)[indices[0]], spec.attention).channel
     try:
         with torch.no_grad():
             llm(input_ids=ids, casa_inputs=inputs, use_cache=False)

@@ -58,7 +58,7 @@ def test_structural_fallback_wraps_an_unlisted_family():
 def test_unsupported_model_names_type_and_what_is_missing():
     cfg = tf.MambaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, state_size=4)
     llm = tf.MambaForCausalLM(cfg)
-    with pytest.raises(casa_adapter.UnsupportedModelError, match="'mamba'.*no decoder-block list"):
+    with pytest.raises(casa_adapter.UnsupportedModelError, match="'mamba'.*no decoder block has a self-attention"):
         casa_adapter.wrap(llm, vision=tiny_tower())
 
 
