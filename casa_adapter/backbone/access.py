@@ -65,10 +65,19 @@ class AttentionAccess:
         else:
             own = spec.layout == "own"
             self.scaling = default_scaling if own else float(getattr(attn, "scaling", default_scaling))
+        self.rotary_dims = self._rotary_dims(config)
         self.rope_fn: Callable | None = None
         if spec.rope:
             self.rope_fn = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", _generic_rope)
         self._check(model_type)
+
+    def _rotary_dims(self, config) -> int | None:
+        """Dims of a head RoPE rotates where that is fewer than all (partial rotary, MLA's rope part), else None."""
+        if self.spec.layout == "own":
+            return getattr(config, "qk_rope_head_dim", None)
+        params = getattr(config, "rope_parameters", None) or {}
+        factor = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
+        return int(self.head_dim * factor) if factor < 1 else None
 
     def _kv_heads(self, config) -> int:
         """KV heads: read off a separate k projection's width, else the config's count."""
@@ -108,6 +117,13 @@ class AttentionAccess:
                 f" {self.num_heads}*{self.head_dim}"
             )
 
+    def _query_rows(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        """The q projection's query rows: all of them, or per head the first half of a gated [q_h ; gate_h]."""
+        if not self.spec.q_gated:
+            return weight, bias
+        pick = lambda t: t.unflatten(0, (self.num_heads, 2, self.head_dim))[:, 0].flatten(0, 1)  # (H*hd, ...)
+        return pick(weight), None if bias is None else pick(bias)
+
     def _split(self, x: torch.Tensor, dim: int):
         grouped = self.spec.layout == "grouped_qkv"
         return split_qkv(x, grouped, self.num_heads, self.num_kv_heads, self.head_dim, dim)
@@ -122,7 +138,7 @@ class AttentionAccess:
         if s.layout == "separate":
             q, k, v = (_base(getattr(a, n)) for n in (s.q, s.k, s.v))
             return (
-                _linear(q.weight, q.bias),
+                _linear(*self._query_rows(q.weight, q.bias)),
                 _linear(k.weight, k.bias),
                 _linear(v.weight, v.bias),
                 _linear(o_weight, o.bias),
@@ -152,7 +168,10 @@ class AttentionAccess:
         """q, k, v from the block's own projections (LoRA included): (B, T, q_size), (B, T, kv_size) x2."""
         a, s = self.attn, self.spec
         if s.layout == "separate":
-            return getattr(a, s.q)(x), getattr(a, s.k)(x), getattr(a, s.v)(x)
+            q = getattr(a, s.q)(x)  # (B, T, H*hd), or (B, T, H*2*hd) gated
+            if s.q_gated:
+                q = q.unflatten(-1, (self.num_heads, 2, self.head_dim))[..., 0, :].flatten(-2)  # (B, T, H*hd)
+            return q, getattr(a, s.k)(x), getattr(a, s.v)(x)
         return self._split(getattr(a, s.qkv)(x), -1)
 
     def live_out(self, y: torch.Tensor) -> torch.Tensor:

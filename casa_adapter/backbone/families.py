@@ -55,6 +55,10 @@ class FamilySpec:
     """Head width of the CASA layer where the attention's own `head_dim` does not fit (`own` projections)."""
     scaling: float | None = None
     """Softmax scale where the attention has no `scaling` attribute and does not use head_dim**-0.5 (GPT-Neo: 1)."""
+    q_gated: bool = False
+    """The q projection gives [q_h ; gate_h] per head (Qwen3-Next, Qwen3.5): CASA copies the q rows only."""
+    unsupported: str | None = None
+    """Why this family cannot be wrapped (`family_spec` raises it as `UnsupportedModelError`)."""
 
 
 SpecEntry = FamilySpec | Callable[[object], FamilySpec]
@@ -92,6 +96,10 @@ def _mla(cfg) -> FamilySpec:
     return FamilySpec(layout="own", head_dim=cfg.v_head_dim, kv_heads=cfg.num_attention_heads)
 
 
+_ROTATE_EVERY_TWO = "its rotary embedding rotates interleaved pairs with a (sin, cos) signature CASA does not call"
+_COMPLEX_ROPE = "its rotary embedding is one complex `freqs_cis` tensor, not the (cos, sin) pair CASA applies"
+_NO_CACHE = "its attention keeps no KV cache, so generate() cannot carry CASA's window state"
+_OWN_CACHE = "it keeps its own cache class for lightning attention, which cannot carry CASA's window cache"
 _QK_NORM = dict(q_norm="q_norm", k_norm="k_norm")
 _GPT2 = dict(blocks="transformer.h", attention="attn", layout="conv1d_qkv", qkv="c_attn", o="c_proj", rope=False)
 _PER_HEAD = dict(layout="grouped_qkv", qkv="query_key_value", o="dense")
@@ -106,17 +114,28 @@ FAMILIES: dict[str, SpecEntry] = {
     "olmo2": FamilySpec(**_QK_NORM),
     "phi3": FamilySpec(layout="fused_qkv", qkv="qkv_proj"),
     "gpt2": FamilySpec(**_GPT2),
-    "openai-gpt": FamilySpec(**_GPT2),
     "gpt_neox": FamilySpec(blocks="gpt_neox.layers", attention="attention", **_PER_HEAD),
+    "gpt_neox_japanese": FamilySpec(blocks="gpt_neox_japanese.layers", attention="attention", **_PER_HEAD),
+    "fuyu": FamilySpec(blocks="model.language_model.layers", q_norm="q_layernorm", k_norm="k_layernorm", **_PER_HEAD),
     "bloom": FamilySpec(blocks="transformer.h", attention="self_attention", rope=False, **_PER_HEAD),
     "persimmon": FamilySpec(q_norm="q_layernorm", k_norm="k_layernorm", **_PER_HEAD),
     "falcon": _falcon,
     "gpt_bigcode": _gpt_bigcode,
-    "mpt": FamilySpec(blocks="transformer.blocks", attention="attn", layout="fused_qkv", qkv="Wqkv", o="out_proj", rope=False),
+    "mpt": FamilySpec(
+        blocks="transformer.blocks", attention="attn", layout="fused_qkv", qkv="Wqkv", o="out_proj", rope=False
+    ),
     "gpt_neo": FamilySpec(blocks="transformer.h", attention="attn.attention", o="out_proj", rope=False, scaling=1.0),
     "phi": FamilySpec(o="dense"),
     "stablelm": FamilySpec(),
-    "deepseek_v2": _mla,
+    "qwen3_next": FamilySpec(q_gated=True, **_QK_NORM),
+    "qwen3_5_text": FamilySpec(q_gated=True, **_QK_NORM),
+    "qwen3_5_moe_text": FamilySpec(q_gated=True, **_QK_NORM),
+    "gptj": FamilySpec(unsupported=_ROTATE_EVERY_TWO),
+    "codegen": FamilySpec(unsupported=_ROTATE_EVERY_TWO),
+    "llama4_text": FamilySpec(unsupported=_COMPLEX_ROPE),
+    "openai-gpt": FamilySpec(unsupported=_NO_CACHE),
+    "minimax": FamilySpec(unsupported=_OWN_CACHE),
+    "deepseek_v2": FamilySpec(unsupported=_COMPLEX_ROPE),
     "deepseek_v3": _mla,
     "minicpm3": _mla,
 }  # fmt: skip
@@ -154,7 +173,10 @@ def family_spec(llm: nn.Module) -> FamilySpec:
     entry = FAMILIES.get(model_type)
     if entry is None:
         return structural_spec(llm, model_type)
-    return entry if isinstance(entry, FamilySpec) else entry(text_config(llm.config))
+    spec = entry if isinstance(entry, FamilySpec) else entry(text_config(llm.config))
+    if spec.unsupported:
+        raise UnsupportedModelError(f"model_type {model_type!r} cannot be wrapped: {spec.unsupported}")
+    return spec
 
 
 def decoder_blocks(llm: nn.Module, spec: FamilySpec) -> nn.ModuleList:

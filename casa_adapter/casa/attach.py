@@ -45,7 +45,7 @@ def layer_indices(n_blocks: int, every: int = 1, layers: list[int] | None = None
         bad = [i for i in out if not 0 <= i < n_blocks]
         if bad or not out:
             raise ValueError(
-                f"layers={layers}: indices must be within [-{n_blocks}, {n_blocks}) (the attention blocks) and non-empty"
+                f"layers={layers}: indices must be within [-{n_blocks}, {n_blocks}) (attention blocks) and non-empty"
             )
         return out
     return sorted(range(n_blocks - 1, -1, -every))

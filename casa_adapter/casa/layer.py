@@ -45,6 +45,7 @@ class CasaLayer(nn.Module):
         self.num_heads, self.num_kv_heads = access.num_heads, access.num_kv_heads
         self.head_dim, self.scaling = access.head_dim, access.scaling
         self.rope_fn = access.rope_fn if self.uses_rope else None
+        self.rotary_dims = access.rotary_dims
 
     # -- what a variant provides ----------------------------------------------------------
     def project_text(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -92,10 +93,10 @@ class CasaLayer(nn.Module):
         return k, v
 
     def _rope(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """The family's RoPE on q (B, H, T, hd) and k (B, Hkv, T, hd); with partial rotary (cos, sin (B, T, rd),
-        rd < hd: Phi, StableLM, Persimmon) on the first rd dims only, the rest passed through, as those families do."""
-        rd = cos.shape[-1]
-        if rd == q.shape[-1]:
+        """The family's RoPE on q (B, H, T, hd) and k (B, Hkv, T, hd); with partial rotary (`rotary_dims` rd < hd:
+        Phi, StableLM, Persimmon, GPT-NeoX, MLA's rope part) on the first rd dims only, the rest passed through."""
+        rd = self.rotary_dims
+        if rd is None:
             return self.rope_fn(q, k, cos, sin)
         q_rot, k_rot = self.rope_fn(q[..., :rd], k[..., :rd], cos, sin)
         return torch.cat((q_rot, q[..., rd:]), -1), torch.cat((k_rot, k[..., rd:]), -1)

@@ -19,9 +19,11 @@ _ENCODER_ONLY = (
 _RECURRENT = "falcon_mamba mamba mamba2 rwkv xlstm"
 
 OUT_OF_SCOPE: dict[str, str] = {
-    **{t: "encoder-decoder (the decoder half of a seq2seq model, with cross-attention)" for t in _ENCODER_DECODER.split()},
-    **{t: "encoder-only (a bidirectional encoder run as a decoder)" for t in _ENCODER_ONLY.split()},
-    **{t: "pure recurrent (no attention anywhere)" for t in _RECURRENT.split()},
+    **dict.fromkeys(
+        _ENCODER_DECODER.split(), "encoder-decoder (the decoder half of a seq2seq model, with cross-attention)"
+    ),
+    **dict.fromkeys(_ENCODER_ONLY.split(), "encoder-only (a bidirectional encoder run as a decoder)"),
+    **dict.fromkeys(_RECURRENT.split(), "pure recurrent (no attention anywhere)"),
 }
 """model_type -> why it is not a decoder-only attention LM."""
 

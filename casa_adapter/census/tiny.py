@@ -50,7 +50,11 @@ SIZES: dict[str, int] = {
 }  # fmt: skip
 """Config attribute -> tiny value, set wherever the default config has the attribute (and it is not None)."""
 
-OVERRIDES: dict[str, dict] = {}
+OVERRIDES: dict[str, dict] = {
+    "jamba": dict(attn_layer_period=2, attn_layer_offset=1),
+    "bamba": dict(attn_layer_indices=[1, 3]),
+    "deepseek_v2": dict(num_experts_per_tok=2),
+}
 """model_type -> attributes set after `SIZES`, for what the generic shrink gets wrong."""
 
 
