@@ -5,8 +5,9 @@ not subclassed, so any family works): it runs SA, then adds the CASA layer's out
 the same normed input. Images arrive through the LLM's `CasaChannel` (`casa/channel.py`), which holds
 the `casa_inputs` the causal LM was called with; during `generate` and streaming the layer's window
 cache comes from the `CasaCache` that travels as the model's cache. The state dict keeps the base's
-keys (`self_attn.q_proj.weight`, not `self_attn.sa.q_proj.weight`), and attribute access falls through to the self-attention
-(`self_attn.q_proj` is the base's projection); the CASA layer's tensors are `self_attn.casa.*`.
+keys (`self_attn.q_proj.weight`, not `self_attn.sa.q_proj.weight`), and attribute access falls
+through to the self-attention (`self_attn.q_proj` is the base's projection); the CASA layer's
+tensors are `self_attn.casa.*`.
 
 Example:
     >>> import casa_adapter

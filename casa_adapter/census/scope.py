@@ -19,9 +19,7 @@ _ENCODER_ONLY = (
 _RECURRENT = "falcon_mamba mamba mamba2 rwkv xlstm"
 
 OUT_OF_SCOPE: dict[str, str] = {
-    **dict.fromkeys(
-        _ENCODER_DECODER.split(), "encoder-decoder (the decoder half of a seq2seq model, with cross-attention)"
-    ),
+    **dict.fromkeys(_ENCODER_DECODER.split(), "encoder-decoder (the decoder of a seq2seq model, with cross-attention)"),
     **dict.fromkeys(_ENCODER_ONLY.split(), "encoder-only (a bidirectional encoder run as a decoder)"),
     **dict.fromkeys(_RECURRENT.split(), "pure recurrent (no attention anywhere)"),
 }

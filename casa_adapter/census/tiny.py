@@ -9,6 +9,8 @@ that. `tiny_base(model_type)` builds the model with seed 0 in eval mode, fp32, o
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
@@ -79,10 +81,8 @@ def _small(cfg: PretrainedConfig, overrides: dict) -> PretrainedConfig:
     depth = next((getattr(cfg, k) for k in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(cfg, k)), 0)
     for key, value in SIZES.items():
         if getattr(cfg, key, None) is not None and not isinstance(getattr(cfg, key), (list, dict)):
-            try:
+            with contextlib.suppress(AttributeError):  # a derived property (Falcon's head_dim)
                 setattr(cfg, key, value)
-            except AttributeError:  # a derived property (Falcon's head_dim)
-                pass
     if getattr(cfg, "qk_rope_head_dim", None) is not None and getattr(cfg, "head_dim", None) is not None:
         cfg.head_dim = cfg.qk_rope_head_dim  # multi-head latent attention rotates head_dim = the rope part
     if isinstance(depth, int):
