@@ -21,7 +21,7 @@ import inspect
 
 from torch import nn
 
-from casa_adapter.backbone.families import FamilySpec, UnsupportedModelError, get_path, text_config
+from casa_adapter.backbone.spec import FamilySpec, UnsupportedModelError, get_path, text_config
 
 BLOCK_PATHS = ("model.layers", "transformer.h", "model.decoder.layers", "transformer.layers", "transformer.blocks")
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "mixer")
