@@ -110,12 +110,22 @@ class AttentionAccess:
                 f"model_type {model_type!r}: attention {type(self.attn).__name__}'s projections {unreadable} hold no"
                 " `weight` CASA can copy; add a FamilySpec (docs/adding-a-family.md)"
             )
-        q_out = self.copies()[0].out_features
+        q_out = self._q_features()
         if q_out != self.q_size:
             raise UnsupportedModelError(
                 f"model_type {model_type!r}: q projection gives {q_out} features, expected heads*head_dim ="
                 f" {self.num_heads}*{self.head_dim}"
             )
+
+    def _q_features(self) -> int:
+        """The query features the block's projections give, read from weight shapes (nothing is copied)."""
+        a, s = self.attn, self.spec
+        if s.layout == "own":
+            return self.q_size
+        if s.layout == "separate":
+            return _base(getattr(a, s.q)).weight.shape[0] // (2 if s.q_gated else 1)
+        weight = _base(getattr(a, s.qkv)).weight
+        return weight.shape[1 if s.layout == "conv1d_qkv" else 0] - 2 * self.kv_size
 
     def _query_rows(self, weight: torch.Tensor, bias: torch.Tensor | None):
         """The q projection's query rows: all of them, or per head the first half of a gated [q_h ; gate_h]."""
