@@ -11,6 +11,7 @@ shape itself, on top of `LightningCLI`:
     casa-adapter export ...                                            # casa_adapter.export.command
     casa-adapter bench ...                                             # casa_adapter.bench.commands
     casa-adapter study ...                                             # casa_adapter.study
+    casa-adapter families [--census]                                   # casa_adapter.census.command
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ data (casa-adapter data --help):
 
 benchmarks, CASA vs token insertion side by side (casa-adapter bench --help):
   bench stream | train | kernel
+
+families (casa-adapter families --help):
+  families [--census]      the family table; --census: every causal-LM type built tiny, wrapped and
+                           checked, the table printed and written into docs/families.md
 
 fidelity study (casa-adapter study --help):
   study [--arms casa,ca,shared,insertion,text_only] [--steps N]   train each arm from one recipe,
@@ -93,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         from casa_adapter.bench.commands import main as bench_main
 
         return bench_main(rest)
+    if command == "families":
+        from casa_adapter.census.command import main as families_main
+
+        return families_main(rest)
     if command == "study":
         from casa_adapter.study import main as study_main
 

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from casa_adapter.adapters.fingerprint import dtype_name, fingerprint, tower_fingerprint
+from casa_adapter.adapters.fingerprint import dtype_name, matches, tower_fingerprint
 from casa_adapter.adapters.manifest import MANIFEST, WEIGHTS, AdapterError, manifest_for
 from casa_adapter.atomic import atomic_dir
 from casa_adapter.backbone.state_keys import state_keys
@@ -104,9 +104,11 @@ def read_tensors(directory: str | os.PathLike, manifest: dict) -> dict[str, torc
 
 
 def check_base(manifest: dict, llm: nn.Module, directory) -> str:
-    """The fingerprint of the pristine `llm`, after checking it is the base the adapter was trained on."""
-    base, found = manifest["base_model"], fingerprint(llm)
-    if found != base["fingerprint"]:
+    """The fingerprint of the pristine `llm` (in the scheme the manifest recorded), after checking it is the base
+    the adapter was trained on."""
+    base = manifest["base_model"]
+    same, found = matches(llm, base["fingerprint"])
+    if not same:
         raise AdapterError(
             f"{directory}: adapter was trained on base {base['name']!r} ({base['model_type']}, {base.get('dtype')}) "
             f"with fingerprint {base['fingerprint']}, but the given model "

@@ -3,7 +3,9 @@
 It reads the head geometry, finds the family's RoPE function, copies the block's q/k/v/o
 projections (and q/k norms) into plain `nn.Linear` modules, or, for variants that share the
 block's projections, calls the live ones (LoRA included). The projection names and layouts come
-from the block's `FamilySpec` (`families.py`).
+from the block's `FamilySpec` (`families.py`; fused layouts split in `layouts.py`). With the `own`
+layout (multi-head latent attention, whose factorised projections do not fit a CASA layer) the copies
+are fresh projections of the attention's head count, the output projection copied where its shape fits.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from casa_adapter.backbone.families import FamilySpec, UnsupportedModelError
+from casa_adapter.backbone.families import FamilySpec, UnsupportedModelError, text_config
+from casa_adapter.backbone.layouts import split_qkv
 
 
 def _base(module: nn.Module) -> nn.Module:
@@ -50,16 +53,39 @@ class AttentionAccess:
     """Reads one block's self-attention: head geometry, projections, norms and its RoPE function."""
 
     def __init__(self, attn: nn.Module, spec: FamilySpec, config, model_type: str):
+        config = text_config(config)
         self.attn, self.spec = attn, spec
         self.num_heads = config.num_attention_heads
         self.hidden_size = config.hidden_size
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(attn, "head_dim", None) or config.hidden_size // self.num_heads
-        self.scaling = float(getattr(attn, "scaling", self.head_dim**-0.5))
+        self.head_dim = spec.head_dim or getattr(attn, "head_dim", None) or config.hidden_size // self.num_heads
+        self.num_kv_heads = spec.kv_heads or self._kv_heads(config)
+        default_scaling = self.head_dim**-0.5
+        if spec.scaling is not None:
+            self.scaling = spec.scaling
+        else:
+            own = spec.layout == "own"
+            self.scaling = default_scaling if own else float(getattr(attn, "scaling", default_scaling))
+        self.rotary_dims = self._rotary_dims(config)
         self.rope_fn: Callable | None = None
         if spec.rope:
             self.rope_fn = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", _generic_rope)
         self._check(model_type)
+
+    def _rotary_dims(self, config) -> int | None:
+        """Dims of a head RoPE rotates where that is fewer than all (partial rotary, MLA's rope part), else None."""
+        if self.spec.layout == "own":
+            return getattr(config, "qk_rope_head_dim", None)
+        params = getattr(config, "rope_parameters", None) or {}
+        factor = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
+        return int(self.head_dim * factor) if factor < 1 else None
+
+    def _kv_heads(self, config) -> int:
+        """KV heads: read off a separate k projection's width, else the config's count."""
+        if self.spec.layout == "separate":
+            width = getattr(_base(getattr(self.attn, self.spec.k)), "out_features", None)
+            if width:
+                return width // self.head_dim
+        return getattr(config, "num_key_value_heads", None) or self.num_heads
 
     @property
     def q_size(self) -> int:
@@ -70,41 +96,78 @@ class AttentionAccess:
         return self.num_kv_heads * self.head_dim
 
     def _check(self, model_type: str) -> None:
-        names = [self.spec.o] + (
-            [self.spec.q, self.spec.k, self.spec.v] if self.spec.layout == "separate" else [self.spec.qkv]
-        )
+        s = self.spec
+        names = [s.o] + ([] if s.layout == "own" else [s.q, s.k, s.v] if s.layout == "separate" else [s.qkv])
         missing = [n for n in names if not hasattr(self.attn, n)]
         if missing:
             raise UnsupportedModelError(
                 f"model_type {model_type!r}: attention {type(self.attn).__name__} lacks {missing} "
                 "expected by its FamilySpec"
             )
-        q_out = self.copies()[0].out_features
+        unreadable = [n for n in names if getattr(_base(getattr(self.attn, n)), "weight", None) is None]
+        if unreadable:
+            raise UnsupportedModelError(
+                f"model_type {model_type!r}: attention {type(self.attn).__name__}'s projections {unreadable} hold no"
+                " `weight` CASA can copy; add a FamilySpec (docs/adding-a-family.md)"
+            )
+        q_out = self._q_features()
         if q_out != self.q_size:
             raise UnsupportedModelError(
                 f"model_type {model_type!r}: q projection gives {q_out} features, expected heads*head_dim ="
                 f" {self.num_heads}*{self.head_dim}"
             )
 
+    def _q_features(self) -> int:
+        """The query features the block's projections give, read from weight shapes (nothing is copied)."""
+        a, s = self.attn, self.spec
+        if s.layout == "own":
+            return self.q_size
+        if s.layout == "separate":
+            return _base(getattr(a, s.q)).weight.shape[0] // (2 if s.q_gated else 1)
+        weight = _base(getattr(a, s.qkv)).weight
+        return weight.shape[1 if s.layout == "conv1d_qkv" else 0] - 2 * self.kv_size
+
+    def _query_rows(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        """The q projection's query rows: all of them, or per head the first half of a gated [q_h ; gate_h]."""
+        if not self.spec.q_gated:
+            return weight, bias
+        pick = lambda t: t.unflatten(0, (self.num_heads, 2, self.head_dim))[:, 0].flatten(0, 1)  # (H*hd, ...)
+        return pick(weight), None if bias is None else pick(bias)
+
+    def _split(self, x: torch.Tensor, dim: int):
+        grouped = self.spec.layout == "grouped_qkv"
+        return split_qkv(x, grouped, self.num_heads, self.num_kv_heads, self.head_dim, dim)
+
     def copies(self) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
         """Fresh q, k, v, o `nn.Linear` copies of the block's (frozen, pre-LoRA) projections."""
         a, s = self.attn, self.spec
         o = _base(getattr(a, s.o))
+        if s.layout == "own":
+            return self._own(o)
+        o_weight = o.weight.t() if s.layout == "conv1d_qkv" else o.weight
         if s.layout == "separate":
             q, k, v = (_base(getattr(a, n)) for n in (s.q, s.k, s.v))
             return (
-                _linear(q.weight, q.bias),
+                _linear(*self._query_rows(q.weight, q.bias)),
                 _linear(k.weight, k.bias),
                 _linear(v.weight, v.bias),
-                _linear(o.weight, o.bias),
+                _linear(o_weight, o.bias),
             )
         fused = _base(getattr(a, s.qkv))
         weight = fused.weight.t() if s.layout == "conv1d_qkv" else fused.weight  # (q+2kv, D)
-        sizes = [self.q_size, self.kv_size, self.kv_size]
-        ws = weight.split(sizes, dim=0)
-        bs = fused.bias.split(sizes) if fused.bias is not None else (None, None, None)
-        o_weight = o.weight.t() if s.layout == "conv1d_qkv" else o.weight
+        ws = self._split(weight, 0)
+        bs = self._split(fused.bias, 0) if fused.bias is not None else (None, None, None)
         return _linear(ws[0], bs[0]), _linear(ws[1], bs[1]), _linear(ws[2], bs[2]), _linear(o_weight, o.bias)
+
+    def _own(self, o: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+        """Freshly initialised q/k/v (D -> heads*hd); o copied from the block's where (D, H*hd) fits, else fresh."""
+        ref = o.weight
+        make = lambda i, n, bias=False: nn.Linear(i, n, bias=bias, device=ref.device, dtype=ref.dtype)
+        D = self.hidden_size
+        q, k, v = make(D, self.q_size), make(D, self.kv_size), make(D, self.kv_size)
+        fits = tuple(ref.shape) == (D, self.q_size)
+        out = _linear(ref, getattr(o, "bias", None)) if fits else make(self.q_size, D)
+        return q, k, v, out
 
     def norm_copies(self) -> tuple[nn.Module | None, nn.Module | None]:
         """Deep copies of the q/k norms (None where the family has none)."""
@@ -115,8 +178,11 @@ class AttentionAccess:
         """q, k, v from the block's own projections (LoRA included): (B, T, q_size), (B, T, kv_size) x2."""
         a, s = self.attn, self.spec
         if s.layout == "separate":
-            return getattr(a, s.q)(x), getattr(a, s.k)(x), getattr(a, s.v)(x)
-        return getattr(a, s.qkv)(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = getattr(a, s.q)(x)  # (B, T, H*hd), or (B, T, H*2*hd) gated
+            if s.q_gated:
+                q = q.unflatten(-1, (self.num_heads, 2, self.head_dim))[..., 0, :].flatten(-2)  # (B, T, H*hd)
+            return q, getattr(a, s.k)(x), getattr(a, s.v)(x)
+        return self._split(getattr(a, s.qkv)(x), -1)
 
     def live_out(self, y: torch.Tensor) -> torch.Tensor:
         """The block's own output projection: (B, T, q_size) -> (B, T, D)."""

@@ -1,50 +1,76 @@
 """Per-architecture knowledge: where the decoder blocks are and what their attention is called.
 
-`FAMILIES` is keyed by `config.model_type`. A family not in the table goes through a
-structural fallback (common block paths, common attention and projection names); what
-neither can wrap raises `UnsupportedModelError` naming the `model_type` and what is missing.
-How one block's attention is read (heads, projections, norms, RoPE) is `access.AttentionAccess`.
+`FAMILIES` is keyed by `config.model_type`; an entry is a `FamilySpec`, or a function of the config
+returning one where the layout depends on the config (Falcon, GPT-BigCode). A family not in the table
+goes through the structural fallback (`backbone/discover.py`); what neither can wrap raises
+`UnsupportedModelError` naming the `model_type` and what is missing. How one block's attention is read
+(heads, projections, norms, RoPE) is `access.AttentionAccess`; the fused layouts are `layouts.py`.
+
+Hybrid stacks (attention blocks among state-space, linear-attention or convolution blocks) are
+described by the same spec: `attention_blocks` lists the blocks whose `attention` attribute holds an
+attention module the spec can read, and CASA placement (`every`, `layers`) counts those blocks only.
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
 
 from torch import nn
 
-Layout = Literal["separate", "fused_qkv", "conv1d_qkv"]
+from casa_adapter.backbone.discover import structural_spec
+from casa_adapter.backbone.spec import (
+    FamilySpec,
+    Layout,
+    UnsupportedModelError,
+    get_path,
+    is_attention,
+    set_path,
+    text_config,
+)
+
+SpecEntry = FamilySpec | Callable[[object], FamilySpec]
+"""A table entry: the spec, or a function of the (text) config giving it."""
 
 
-class UnsupportedModelError(ValueError):
-    """The LLM's architecture cannot be wrapped; the message names its `model_type` and what is missing."""
+def _falcon(cfg) -> FamilySpec:
+    kv = cfg.num_kv_heads if cfg.new_decoder_architecture or not cfg.multi_query else 1
+    return FamilySpec(
+        blocks="transformer.h",
+        attention="self_attention",
+        layout="grouped_qkv",
+        qkv="query_key_value",
+        o="dense",
+        kv_heads=kv,
+        rope=not cfg.alibi,
+    )
 
 
-@dataclass(frozen=True)
-class FamilySpec:
-    """How one architecture family lays out its decoder blocks and attention."""
-
-    blocks: str = "model.layers"
-    """Dotted path from the causal-LM object to the `nn.ModuleList` of decoder blocks."""
-    attention: str = "self_attn"
-    """Attribute of a decoder block that holds its self-attention module."""
-    layout: Layout = "separate"
-    """`separate` q/k/v Linear; `fused_qkv`: one Linear with [q; k; v] rows; `conv1d_qkv`: GPT-2 Conv1D."""
-    q: str = "q_proj"
-    k: str = "k_proj"
-    v: str = "v_proj"
-    qkv: str = "qkv_proj"
-    o: str = "o_proj"
-    q_norm: str | None = None
-    """Per-head or full-width norm applied to queries after projection (Qwen3, Gemma3, OLMo2)."""
-    k_norm: str | None = None
-    rope: bool = True
-    """Whether the family uses rotary embeddings passed to attention as `position_embeddings`."""
+def _gpt_bigcode(cfg) -> FamilySpec:
+    return FamilySpec(
+        blocks="transformer.h",
+        attention="attn",
+        layout="fused_qkv" if cfg.multi_query else "grouped_qkv",
+        qkv="c_attn",
+        o="c_proj",
+        kv_heads=1 if cfg.multi_query else None,
+        rope=False,
+    )
 
 
+def _mla(cfg) -> FamilySpec:
+    """Multi-head latent attention (DeepSeek-V2/V3, MiniCPM3): own projections, heads of v_head_dim, RoPE on the
+    first qk_rope_head_dim dims as the family rotates its rope part."""
+    return FamilySpec(layout="own", head_dim=cfg.v_head_dim, kv_heads=cfg.num_attention_heads)
+
+
+_ROTATE_EVERY_TWO = "its rotary embedding rotates interleaved pairs with a (sin, cos) signature CASA does not call"
+_COMPLEX_ROPE = "its rotary embedding is one complex `freqs_cis` tensor, not the (cos, sin) pair CASA applies"
+_NO_CACHE = "its attention keeps no KV cache, so generate() cannot carry CASA's window state"
+_OWN_CACHE = "it keeps its own cache class for lightning attention, which cannot carry CASA's window cache"
 _QK_NORM = dict(q_norm="q_norm", k_norm="k_norm")
-FAMILIES: dict[str, FamilySpec] = {
+_GPT2 = dict(blocks="transformer.h", attention="attn", layout="conv1d_qkv", qkv="c_attn", o="c_proj", rope=False)
+_PER_HEAD = dict(layout="grouped_qkv", qkv="query_key_value", o="dense")
+FAMILIES: dict[str, SpecEntry] = {
     "llama": FamilySpec(),
     "mistral": FamilySpec(),
     "qwen2": FamilySpec(),
@@ -54,67 +80,32 @@ FAMILIES: dict[str, FamilySpec] = {
     "gemma3_text": FamilySpec(**_QK_NORM),
     "olmo2": FamilySpec(**_QK_NORM),
     "phi3": FamilySpec(layout="fused_qkv", qkv="qkv_proj"),
-    "gpt2": FamilySpec(
-        blocks="transformer.h", attention="attn", layout="conv1d_qkv", qkv="c_attn", o="c_proj", rope=False
+    "gpt2": FamilySpec(**_GPT2),
+    "gpt_neox": FamilySpec(blocks="gpt_neox.layers", attention="attention", **_PER_HEAD),
+    "gpt_neox_japanese": FamilySpec(blocks="gpt_neox_japanese.layers", attention="attention", **_PER_HEAD),
+    "fuyu": FamilySpec(blocks="model.language_model.layers", q_norm="q_layernorm", k_norm="k_layernorm", **_PER_HEAD),
+    "bloom": FamilySpec(blocks="transformer.h", attention="self_attention", rope=False, **_PER_HEAD),
+    "persimmon": FamilySpec(q_norm="q_layernorm", k_norm="k_layernorm", **_PER_HEAD),
+    "falcon": _falcon,
+    "gpt_bigcode": _gpt_bigcode,
+    "mpt": FamilySpec(
+        blocks="transformer.blocks", attention="attn", layout="fused_qkv", qkv="Wqkv", o="out_proj", rope=False
     ),
-}
-
-_BLOCK_PATHS = ("model.layers", "transformer.h", "model.decoder.layers", "transformer.layers", "transformer.blocks")
-_ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
-_OUT_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
-_NORM_NAMES = (("q_norm", "k_norm"), ("q_layernorm", "k_layernorm"))
-
-
-def _get_path(root: nn.Module, path: str) -> nn.Module | None:
-    obj = root
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def _structural_spec(llm: nn.Module, model_type: str) -> FamilySpec:
-    """Guess a FamilySpec from module names for a model_type not in FAMILIES."""
-    n_layers = getattr(llm.config, "num_hidden_layers", None)
-    blocks_path = next((p for p in _BLOCK_PATHS if isinstance(_get_path(llm, p), nn.ModuleList)), None)
-    if blocks_path is None:
-        raise UnsupportedModelError(
-            f"model_type {model_type!r}: no decoder-block list found (looked for {', '.join(_BLOCK_PATHS)}"
-            f" with {n_layers} blocks). Add a FamilySpec to casa_adapter.backbone.families.FAMILIES"
-            " (docs/adding-a-family.md)."
-        )
-    block = _get_path(llm, blocks_path)[0]
-    attn_name = next((a for a in _ATTENTION_NAMES if isinstance(getattr(block, a, None), nn.Module)), None)
-    if attn_name is None:
-        raise UnsupportedModelError(
-            f"model_type {model_type!r}: decoder block {type(block).__name__} has no self-attention attribute"
-            f" (looked for {', '.join(_ATTENTION_NAMES)}); it may not be an attention model."
-        )
-    attn = getattr(block, attn_name)
-    out = next((o for o in _OUT_NAMES if hasattr(attn, o)), None)
-    norms = next((n for n in _NORM_NAMES if hasattr(attn, n[0]) and hasattr(attn, n[1])), (None, None))
-    if all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj")) and out:
-        layout, qkv = "separate", "qkv_proj"
-    elif hasattr(attn, "qkv_proj") and out:
-        layout, qkv = "fused_qkv", "qkv_proj"
-    else:
-        raise UnsupportedModelError(
-            f"model_type {model_type!r}: attention {type(attn).__name__} has neither q_proj/k_proj/v_proj nor a"
-            f" [q; k; v] qkv_proj with an output projection ({'/'.join(_OUT_NAMES)}); children are"
-            f" {[n for n, _ in attn.named_children()]}. Add a FamilySpec (docs/adding-a-family.md)."
-        )
-    rope = "position_embeddings" in inspect.signature(type(attn).forward).parameters
-    return FamilySpec(
-        blocks=blocks_path,
-        attention=attn_name,
-        layout=layout,
-        qkv=qkv,
-        o=out,
-        q_norm=norms[0],
-        k_norm=norms[1],
-        rope=rope,
-    )
+    "gpt_neo": FamilySpec(blocks="transformer.h", attention="attn.attention", o="out_proj", rope=False, scaling=1.0),
+    "phi": FamilySpec(o="dense"),
+    "stablelm": FamilySpec(),
+    "qwen3_next": FamilySpec(q_gated=True, **_QK_NORM),
+    "qwen3_5_text": FamilySpec(q_gated=True, **_QK_NORM),
+    "qwen3_5_moe_text": FamilySpec(q_gated=True, **_QK_NORM),
+    "gptj": FamilySpec(unsupported=_ROTATE_EVERY_TWO),
+    "codegen": FamilySpec(unsupported=_ROTATE_EVERY_TWO),
+    "llama4_text": FamilySpec(unsupported=_COMPLEX_ROPE),
+    "openai-gpt": FamilySpec(unsupported=_NO_CACHE),
+    "minimax": FamilySpec(unsupported=_OWN_CACHE),
+    "deepseek_v2": FamilySpec(unsupported=_COMPLEX_ROPE),
+    "deepseek_v3": _mla,
+    "minicpm3": _mla,
+}  # fmt: skip
 
 
 def family_spec(llm: nn.Module) -> FamilySpec:
@@ -122,11 +113,17 @@ def family_spec(llm: nn.Module) -> FamilySpec:
     model_type = getattr(getattr(llm, "config", None), "model_type", None)
     if model_type is None:
         raise UnsupportedModelError(f"{type(llm).__name__} has no `config.model_type`: pass a transformers causal LM")
-    return FAMILIES.get(model_type) or _structural_spec(llm, model_type)
+    entry = FAMILIES.get(model_type)
+    if entry is None:
+        return structural_spec(llm, model_type)
+    spec = entry if isinstance(entry, FamilySpec) else entry(text_config(llm.config))
+    if spec.unsupported:
+        raise UnsupportedModelError(f"model_type {model_type!r} cannot be wrapped: {spec.unsupported}")
+    return spec
 
 
 def decoder_blocks(llm: nn.Module, spec: FamilySpec) -> nn.ModuleList:
-    blocks = _get_path(llm, spec.blocks)
+    blocks = get_path(llm, spec.blocks)
     if not isinstance(blocks, nn.ModuleList):
         raise UnsupportedModelError(
             f"model_type {llm.config.model_type!r}: expected decoder blocks at `{spec.blocks}`, "
@@ -135,4 +132,28 @@ def decoder_blocks(llm: nn.Module, spec: FamilySpec) -> nn.ModuleList:
     return blocks
 
 
-__all__ = ["FAMILIES", "FamilySpec", "UnsupportedModelError", "decoder_blocks", "family_spec"]
+def attention_blocks(llm: nn.Module, spec: FamilySpec) -> list[int]:
+    """Indices of the decoder blocks whose `spec.attention` is an attention module (all of them but in hybrids)."""
+    blocks = decoder_blocks(llm, spec)
+    found = [i for i, b in enumerate(blocks) if is_attention(get_path(b, spec.attention), spec)]
+    if not found:
+        raise UnsupportedModelError(
+            f"model_type {llm.config.model_type!r}: no decoder block has an attention at `{spec.attention}` with the "
+            f"projections its FamilySpec names; add a FamilySpec (docs/adding-a-family.md)"
+        )
+    return found
+
+
+__all__ = [
+    "FAMILIES",
+    "Layout",
+    "FamilySpec",
+    "UnsupportedModelError",
+    "attention_blocks",
+    "decoder_blocks",
+    "family_spec",
+    "get_path",
+    "is_attention",
+    "set_path",
+    "text_config",
+]

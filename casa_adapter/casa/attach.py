@@ -5,11 +5,11 @@ after wrapping would see `CasaAttention` where the family's attention was).
 
 - `casa_blocks`: which decoder blocks get a CASA layer, with every check that can fail (family,
   block list, attention layout, head geometry), before anything is changed;
-- `attach_casa`: set a `CasaAttention` (self-attention + CASA layer) in each chosen block and the
-  `MarkerEmbedding` in place of the token embedding, then probe with one tiny forward that every
-  CASA layer receives `casa_inputs` (some families drop keyword arguments on the way);
-- `detach_casa`: put the original attention modules and embedding back (used to roll a failed
-  `wrap()` back, so the user's LLM is left as it was).
+- `attach_casa`: open the LLM's `CasaChannel`, set a `CasaAttention` (self-attention + CASA layer)
+  in each chosen block and the `MarkerEmbedding` in place of the token embedding, then probe with
+  one tiny forward that every CASA layer receives the call's `casa_inputs` and runs;
+- `detach_casa`: put the original attention modules and embedding back and close the channel (used
+  to roll a failed `wrap()` back, so the user's LLM is left as it was).
 
 `casa_adapter.fusion.build` calls these around the steps both fusions share (freeze, LoRA, vision).
 """
@@ -20,7 +20,16 @@ import torch
 from torch import nn
 
 from casa_adapter.backbone.access import AttentionAccess
-from casa_adapter.backbone.families import FamilySpec, UnsupportedModelError, decoder_blocks
+from casa_adapter.backbone.families import (
+    FamilySpec,
+    UnsupportedModelError,
+    attention_blocks,
+    decoder_blocks,
+    get_path,
+    set_path,
+    text_config,
+)
+from casa_adapter.casa.channel import CasaChannel
 from casa_adapter.casa.marker import MarkerEmbedding
 from casa_adapter.casa.parallel import CasaAttention
 from casa_adapter.casa.variants import build_layer
@@ -35,45 +44,57 @@ def layer_indices(n_blocks: int, every: int = 1, layers: list[int] | None = None
         out = sorted({i + n_blocks if i < 0 else i for i in layers})
         bad = [i for i in out if not 0 <= i < n_blocks]
         if bad or not out:
-            raise ValueError(f"layers={layers}: indices must be within [-{n_blocks}, {n_blocks}) and non-empty")
+            raise ValueError(
+                f"layers={layers}: indices must be within [-{n_blocks}, {n_blocks}) (attention blocks) and non-empty"
+            )
         return out
     return sorted(range(n_blocks - 1, -1, -every))
 
 
 def casa_blocks(llm: nn.Module, spec: FamilySpec, settings: CasaSettings) -> list[int]:
     """The block indices `settings` place CASA layers in; raises UnsupportedModelError / ValueError
-    for what cannot be wrapped, without changing `llm`."""
-    blocks = decoder_blocks(llm, spec)
-    indices = layer_indices(len(blocks), settings.every, settings.layers)
+    for what cannot be wrapped, without changing `llm`.
+
+    `every` and `layers` count the attention blocks (in a hybrid stack, the blocks with self-attention)."""
+    model_type = llm.config.model_type
+    if settings.variant == "shared" and spec.layout == "own":
+        raise UnsupportedModelError(
+            f"model_type {model_type!r}: variant 'shared' calls the block's own q/k/v projections, and this "
+            f"attention's ({spec.layout!r} layout) cannot serve as CASA's; use variant='casa' or 'ca'"
+        )
+    blocks, attending = decoder_blocks(llm, spec), attention_blocks(llm, spec)
+    indices = [attending[j] for j in layer_indices(len(attending), settings.every, settings.layers)]
     for i in indices:
-        AttentionAccess(getattr(blocks[i], spec.attention), spec, llm.config, llm.config.model_type)
+        AttentionAccess(get_path(blocks[i], spec.attention), spec, llm.config, model_type)
     return indices
 
 
 def attach_casa(llm: nn.Module, spec: FamilySpec, settings: CasaSettings, indices: list[int]) -> None:
     """CASA layers beside blocks `indices` (after `casa_blocks`) and the marker embedding, then the probe."""
     blocks = decoder_blocks(llm, spec)
+    channel = CasaChannel(llm)
     for i in indices:
-        attn = getattr(blocks[i], spec.attention)
+        attn = get_path(blocks[i], spec.attention)
         access = AttentionAccess(attn, spec, llm.config, llm.config.model_type)
-        setattr(blocks[i], spec.attention, CasaAttention(attn, build_layer(access, i, settings)))
+        set_path(blocks[i], spec.attention, CasaAttention(attn, build_layer(access, i, settings), channel))
     llm.set_input_embeddings(MarkerEmbedding(llm.get_input_embeddings()))
     probe_casa(llm, spec, indices)
 
 
 def detach_casa(llm: nn.Module, spec: FamilySpec) -> None:
-    """Put back every attention module and the token embedding that `attach_casa` wrapped."""
+    """Put back every attention module and the token embedding that `attach_casa` wrapped; close the channel."""
     for block in decoder_blocks(llm, spec):
-        attn = getattr(block, spec.attention)
+        attn = get_path(block, spec.attention)
         if isinstance(attn, CasaAttention):
-            setattr(block, spec.attention, attn.sa)
+            attn.channel.close()
+            set_path(block, spec.attention, attn.sa)
     embedding = llm.get_input_embeddings()
     if isinstance(embedding, MarkerEmbedding):
         llm.set_input_embeddings(embedding.base)
 
 
 def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
-    """One 2-token forward with an image: every CASA layer must receive `casa_inputs` and run."""
+    """One 2-token forward with an image: every CASA layer must receive the call's `casa_inputs` and run."""
     ref = next(llm.parameters())
     marker = llm.get_input_embeddings().marker_id
     ids = torch.tensor([[0, marker]], device=ref.device)
@@ -81,18 +102,11 @@ def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
     inputs = CasaInputs(
         torch.tensor([[0, 1]], device=ref.device),
         torch.tensor([[0, 1]], device=ref.device),
-        torch.zeros(1, 1, llm.config.hidden_size, device=ref.device, dtype=ref.dtype),
+        torch.zeros(1, 1, text_config(llm.config).hidden_size, device=ref.device, dtype=ref.dtype),
         one,
         one,
     )
-    reached: list[int] = []
-    blocks = decoder_blocks(llm, spec)
-    hooks = [
-        getattr(blocks[i], spec.attention).register_forward_pre_hook(
-            lambda m, a, kw, i=i: reached.append(i) if kw.get("casa_inputs") is not None else None, with_kwargs=True
-        )
-        for i in indices
-    ]
+    channel = get_path(decoder_blocks(llm, spec)[indices[0]], spec.attention).channel
     try:
         with torch.no_grad():
             llm(input_ids=ids, casa_inputs=inputs, use_cache=False)
@@ -101,14 +115,11 @@ def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
             f"model_type {llm.config.model_type!r}: a forward through the CASA layers failed "
             f"({type(e).__name__}: {e}); add a FamilySpec (docs/adding-a-family.md)"
         ) from e
-    finally:
-        for h in hooks:
-            h.remove()
-    missed = sorted(set(indices) - set(reached))
+    missed = sorted(set(indices) - channel.readers)
     if missed:
         raise UnsupportedModelError(
-            f"model_type {llm.config.model_type!r}: decoder blocks {missed} do not pass keyword arguments on to their "
-            f"attention, so images cannot reach the CASA layers; this family cannot be wrapped as is"
+            f"model_type {llm.config.model_type!r}: the CASA layers of decoder blocks {missed} were not called "
+            f"during a forward, so images cannot reach them; add a FamilySpec (docs/adding-a-family.md)"
         )
 
 

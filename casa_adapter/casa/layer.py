@@ -45,6 +45,7 @@ class CasaLayer(nn.Module):
         self.num_heads, self.num_kv_heads = access.num_heads, access.num_kv_heads
         self.head_dim, self.scaling = access.head_dim, access.scaling
         self.rope_fn = access.rope_fn if self.uses_rope else None
+        self.rotary_dims = access.rotary_dims
 
     # -- what a variant provides ----------------------------------------------------------
     def project_text(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -88,8 +89,17 @@ class CasaLayer(nn.Module):
             at = inputs.image_start.unsqueeze(-1).expand(B, I, cos.shape[-1])  # (B, I, rd)
             cos_i = cos.expand(B, -1, -1).gather(1, at)  # (B, I, rd)
             sin_i = sin.expand(B, -1, -1).gather(1, at)
-            k = self.rope_fn(k, k, cos_i, sin_i)[1]
+            k = self._rope(k, k, cos_i, sin_i)[1]
         return k, v
+
+    def _rope(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """The family's RoPE on q (B, H, T, hd) and k (B, Hkv, T, hd); with partial rotary (`rotary_dims` rd < hd:
+        Phi, StableLM, Persimmon, GPT-NeoX, MLA's rope part) on the first rd dims only, the rest passed through."""
+        rd = self.rotary_dims
+        if rd is None:
+            return self.rope_fn(q, k, cos, sin)
+        q_rot, k_rot = self.rope_fn(q[..., :rd], k[..., :rd], cos, sin)
+        return torch.cat((q_rot, q[..., rd:]), -1), torch.cat((k_rot, k[..., rd:]), -1)
 
     def _rotary(self, position_embeddings):
         """(cos, sin) of this call, or (None, None) for a layer without RoPE."""
@@ -119,9 +129,9 @@ class CasaLayer(nn.Module):
         if k is not None:
             k, v = self._heads(k, self.num_kv_heads, k_norm), self._heads(v, self.num_kv_heads, None)  # (B, Hkv, T, hd)
         if self.rope_fn is not None and k is not None:
-            q, k = self.rope_fn(q, k, cos, sin)
+            q, k = self._rope(q, k, cos, sin)
         elif self.rope_fn is not None:
-            q = self.rope_fn(q, q, cos, sin)[0]
+            q = self._rope(q, q, cos, sin)[0]
         keys, values = ([cache.keys], [cache.values]) if has_cached else ([], [])
         if inputs.has_images:
             image_k, image_v = self._image_kv(inputs, cos, sin)

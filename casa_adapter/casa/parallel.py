@@ -2,11 +2,12 @@
 
 It takes the place of the block's attention attribute and holds the original as `.sa` (wrapped,
 not subclassed, so any family works): it runs SA, then adds the CASA layer's output computed on
-the same normed input. Images arrive as the `casa_inputs` keyword the model passes down the HF
-forward; during `generate` and streaming the layer's window cache comes from the `CasaCache` that
-travels as the model's cache. The state dict keeps the base's keys (`self_attn.q_proj.weight`, not
-`self_attn.sa.q_proj.weight`), and attribute access falls through to the self-attention
-(`self_attn.q_proj` is the base's projection); the CASA layer's tensors are `self_attn.casa.*`.
+the same normed input. Images arrive through the LLM's `CasaChannel` (`casa/channel.py`), which holds
+the `casa_inputs` the causal LM was called with; during `generate` and streaming the layer's window
+cache comes from the `CasaCache` that travels as the model's cache. The state dict keeps the base's
+keys (`self_attn.q_proj.weight`, not `self_attn.sa.q_proj.weight`), and attribute access falls
+through to the self-attention (`self_attn.q_proj` is the base's projection); the CASA layer's
+tensors are `self_attn.casa.*`.
 
 Example:
     >>> import casa_adapter
@@ -26,6 +27,7 @@ from torch import nn
 
 from casa_adapter.backbone.state_keys import keep_base_keys
 from casa_adapter.casa.cache import CasaCache
+from casa_adapter.casa.channel import CasaChannel
 from casa_adapter.casa.layer import CasaLayer
 from casa_adapter.casa.windows import CasaInputs
 
@@ -33,9 +35,11 @@ from casa_adapter.casa.windows import CasaInputs
 class CasaAttention(nn.Module):
     """A decoder block's self-attention (`.sa`) with a CASA layer (`.casa`) beside it."""
 
-    def __init__(self, sa: nn.Module, casa: CasaLayer):
+    def __init__(self, sa: nn.Module, casa: CasaLayer, channel: CasaChannel):
         super().__init__()
         self.sa, self.casa = sa, casa
+        self.channel = channel
+        """The LLM's channel: this forward call's `CasaInputs` (shared by all CASA layers of the LLM)."""
         keep_base_keys(self, "sa")
 
     def __getattr__(self, name: str):
@@ -50,12 +54,12 @@ class CasaAttention(nn.Module):
             return getattr(self.sa, name)
 
     def forward(self, *args, **kwargs):
-        inputs: CasaInputs | None = kwargs.pop("casa_inputs", None)
+        inputs: CasaInputs | None = self.channel.read(self.casa.layer_idx)
         out = self.sa(*args, **kwargs)
         x = args[0] if args else kwargs["hidden_states"]  # (B, T, D), already normed
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cache = next((a for a in (*args, *kwargs.values()) if isinstance(a, CasaCache)), None)  # any argument name
         layer_cache = None
-        if isinstance(cache, CasaCache):
+        if cache is not None:
             layer_cache = cache.layer(self.casa.layer_idx)
             if inputs is None:
                 fresh = layer_cache.next_index is None
@@ -65,8 +69,8 @@ class CasaAttention(nn.Module):
         extra = self.casa(x, inputs, kwargs.get("position_embeddings"), layer_cache)
         if extra is None:
             return out
-        if isinstance(out, tuple):
-            return (out[0] + extra, *out[1:])
+        if isinstance(out, (tuple, list)):
+            return type(out)((out[0] + extra, *out[1:]))
         return out + extra
 
 

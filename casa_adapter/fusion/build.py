@@ -29,7 +29,7 @@ from casa_adapter.adapters.fingerprint import fingerprint
 from casa_adapter.adapters.io import check_base, check_tower, load_tensors, read_tensors
 from casa_adapter.adapters.manifest import casa_settings, lora_settings, read_manifest, vision_arguments
 from casa_adapter.backbone.base_models import load_base
-from casa_adapter.backbone.families import FamilySpec, family_spec
+from casa_adapter.backbone.families import FamilySpec, family_spec, text_config
 from casa_adapter.backbone.lora import apply_lora, remove_lora
 from casa_adapter.casa.attach import attach_casa, casa_blocks, detach_casa
 from casa_adapter.casa.marker import MarkerEmbedding
@@ -123,7 +123,7 @@ def build_model(
         llm.requires_grad_(False)
         targets = apply_lora(llm, spec.blocks, lora) if lora is not None else None
         fusion.attach(llm, spec, settings, indices)
-        encoder = build_vision(vision, llm.config.hidden_size, **vision_overrides)
+        encoder = build_vision(vision, text_config(llm.config).hidden_size, **vision_overrides)
     except Exception:
         fusion.detach(llm, spec)
         remove_lora(llm)

@@ -58,7 +58,7 @@ def test_structural_fallback_wraps_an_unlisted_family():
 def test_unsupported_model_names_type_and_what_is_missing():
     cfg = tf.MambaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, state_size=4)
     llm = tf.MambaForCausalLM(cfg)
-    with pytest.raises(casa_adapter.UnsupportedModelError, match="'mamba'.*no decoder-block list"):
+    with pytest.raises(casa_adapter.UnsupportedModelError, match="'mamba'.*no decoder block has a self-attention"):
         casa_adapter.wrap(llm, vision=tiny_tower())
 
 
@@ -71,8 +71,7 @@ def test_gpt2_has_no_rope_and_ca_variant_has_no_positions():
     assert model.llm.model.layers[0].self_attn.casa.rope_fn is not None
 
 
-def test_family_whose_blocks_drop_kwargs_is_refused_and_left_untouched():
-    """StableLM's decoder layer does not pass **kwargs to attention: images could never arrive."""
+def _stablelm():
     cfg = tf.StableLmConfig(
         vocab_size=96,
         hidden_size=64,
@@ -81,14 +80,37 @@ def test_family_whose_blocks_drop_kwargs_is_refused_and_left_untouched():
         num_attention_heads=4,
         num_key_value_heads=2,
     )
-    llm = tf.StableLmForCausalLM(cfg)
+    torch.manual_seed(0)
+    return tf.StableLmForCausalLM(cfg).eval()
+
+
+def test_images_reach_blocks_that_drop_kwargs():
+    """StableLM's decoder layer does not pass **kwargs to its attention; the channel does not need it."""
+    model = casa_adapter.wrap(_stablelm(), vision=tiny_tower(), init="copy")
+    ids = torch.randint(4, 90, (1, 8))
+    ids[0, 3] = model.image_token_id
+    a = model(ids, images=[torch.rand(1, 3, 16, 16)]).logits
+    b = model(ids, images=[torch.rand(1, 3, 16, 16)]).logits
+    assert torch.equal(a[0, :3], b[0, :3]) and not torch.allclose(a[0, 3:], b[0, 3:])
+    assert model.llm.model.layers[0].self_attn.channel.inputs is None  # held for one call only
+
+
+def test_a_failing_probe_is_refused_and_left_untouched(monkeypatch):
+    llm = _stablelm()
     state = {k: v.clone() for k, v in llm.state_dict().items()}
     grads = {n: p.requires_grad for n, p in llm.named_parameters()}
-    with pytest.raises(casa_adapter.UnsupportedModelError, match="'stablelm'.*do not pass keyword arguments"):
+    hooks = len(llm._forward_pre_hooks), len(llm._forward_hooks)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("broken layer")
+
+    monkeypatch.setattr(casa_adapter.casa.layer.CasaLayer, "forward", fail)
+    with pytest.raises(casa_adapter.UnsupportedModelError, match="'stablelm'.*failed .RuntimeError: broken layer"):
         casa_adapter.wrap(llm, vision=tiny_tower(), lora=casa_adapter.LoraSettings(rank=2))
     after = llm.state_dict()
     assert set(after) == set(state) and all(torch.equal(state[k], after[k]) for k in state)  # LoRA and CASA removed
     assert grads == {n: p.requires_grad for n, p in llm.named_parameters()}
+    assert (len(llm._forward_pre_hooks), len(llm._forward_hooks)) == hooks  # the channel is closed
 
 
 def test_fallback_without_rope_wraps_opt():

@@ -163,7 +163,9 @@ def test_family_doc_matches_the_code():
         assert f"| `{model_type}` |" in text, f"{model_type} missing from the family table"
     for field in dataclasses.fields(families.FamilySpec):
         assert f"`{field.name}`" in text, f"FamilySpec.{field.name} not documented"
-    for name in (*families._BLOCK_PATHS, *families._ATTENTION_NAMES, *families._OUT_NAMES):
+    from casa_adapter.backbone import discover
+
+    for name in (*discover.BLOCK_PATHS, *discover.ATTENTION_NAMES, *discover.OUT_NAMES):
         assert f"`{name}`" in text, f"fallback name {name} not documented"
 
 

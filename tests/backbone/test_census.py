@@ -1,0 +1,116 @@
+"""The census: tiny random bases of the causal-LM types transformers ships, wrapped and checked.
+
+The fast tests run the checks on a representative set (every layout and the named families of issue 13);
+the full sweep over every type is `slow` (`casa-adapter families --census` runs it too)."""
+
+import pytest
+import torch
+import transformers as tf
+
+from casa_adapter.backbone.access import AttentionAccess
+from casa_adapter.backbone.families import family_spec
+from casa_adapter.census.checks import check_type
+from casa_adapter.census.report import BEGIN, END, causal_lm_types, run_census, summary, write_families_doc
+from casa_adapter.census.scope import OUT_OF_SCOPE
+
+REPRESENTATIVE = [
+    "llama",  # separate q/k/v, the table's default
+    "apertus",  # a 0-dim parameter (the fingerprint used to crash on it)
+    "gemma2",
+    "gemma3_text",
+    "mixtral",  # mixture of experts
+    "gpt_neox",  # grouped [q; k; v] per head, partial rotary
+    "bloom",
+    "falcon",
+    "persimmon",
+    "fuyu",  # a composite config: blocks under model.language_model
+    "gpt_bigcode",  # multi-query stacked c_attn
+    "phi",  # partial rotary
+    "stablelm",  # blocks that drop **kwargs, partial rotary
+    "gpt_neo",  # nested attention, no scaling
+    "deepseek_v3",  # multi-head latent attention: own projections
+    "minicpm3",
+    "qwen3_next",  # hybrid with linear attention, gated q
+    "nemotron_h",  # hybrid: attention is one kind of `mixer`
+    "bamba",  # hybrid with mamba blocks
+]
+
+
+@pytest.mark.parametrize("model_type", REPRESENTATIVE)
+def test_representative_types_pass(model_type):
+    outcome = check_type(model_type)
+    assert outcome.status == "pass", (outcome.check, outcome.detail)
+
+
+@pytest.mark.parametrize("model_type", ["gptj", "codegen", "llama4_text", "mamba"])
+def test_what_cannot_be_wrapped_is_refused_naming_it(model_type):
+    outcome = check_type(model_type)
+    if model_type in OUT_OF_SCOPE:
+        assert outcome.status == "out-of-scope"
+        return
+    assert outcome.status == "refused" and repr(model_type) in outcome.detail
+
+
+def test_out_of_scope_types_exist_in_transformers():
+    assert set(OUT_OF_SCOPE) <= set(causal_lm_types())
+
+
+def _falcon(**extra):
+    cfg = tf.FalconConfig(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, **extra)
+    torch.manual_seed(0)
+    return tf.FalconForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(new_decoder_architecture=True, num_kv_heads=2),
+        dict(new_decoder_architecture=False, multi_query=True),
+        dict(new_decoder_architecture=False, multi_query=False),
+    ],
+    ids=["grouped-per-kv-head", "multi-query", "per-head"],
+)
+def test_falcon_layouts_split_as_falcon_does(extra):
+    """CASA's copied q/k/v equal the heads Falcon's own `_split_heads` reads from its fused projection."""
+    llm = _falcon(**extra)
+    attn = llm.transformer.h[0].self_attention
+    access = AttentionAccess(attn, family_spec(llm), llm.config, "falcon")
+    x = torch.randn(1, 5, 64)
+    q, k, v = attn._split_heads(attn.query_key_value(x))  # (B, T, H, hd) or (B, T, H*hd)
+    q, k, v = (t.reshape(1, 5, -1, access.head_dim) for t in (q, k, v))
+    heads = access.num_heads // access.num_kv_heads
+    k, v = k[:, :, ::heads], v[:, :, ::heads]  # one head per KV group (Falcon broadcasts them to H)
+    cq, ck, cv, _ = access.copies()
+    assert torch.allclose(cq(x).view(1, 5, -1, access.head_dim), q, atol=1e-6)
+    assert torch.allclose(ck(x).view(1, 5, -1, access.head_dim), k, atol=1e-6)
+    assert torch.allclose(cv(x).view(1, 5, -1, access.head_dim), v, atol=1e-6)
+
+
+def test_hybrid_every_counts_attention_blocks():
+    import casa_adapter
+    from casa_adapter.census.checks import CensusTower
+    from casa_adapter.census.tiny import tiny_base
+
+    llm = tiny_base("qwen3_next")  # blocks 0..2 linear attention, 3 full attention (tiny layout)
+    model = casa_adapter.wrap(llm, vision=CensusTower())
+    attending = [i for i, b in enumerate(llm.model.layers) if hasattr(b, "self_attn")]
+    assert model.layer_indices == attending and len(attending) < len(llm.model.layers)
+
+
+def test_report_counts_and_rewrites_the_doc(tmp_path):
+    outcomes = run_census(["llama", "mamba", "gptj"])
+    s = summary(outcomes)
+    assert (s["types"], s["built"], s["pass"], s["refused"], s["out-of-scope"]) == (3, 2, 1, 1, 1)
+    doc = tmp_path / "families.md"
+    doc.write_text(f"# Families\n\nintro\n\n{BEGIN}\nold\n{END}\n\nafter\n")
+    write_families_doc(outcomes, doc)
+    text = doc.read_text()
+    assert "old" not in text and "| `llama` | pass |" in text and text.endswith("after\n")
+
+
+@pytest.mark.slow
+def test_full_census_has_no_crash():
+    outcomes = run_census()
+    s = summary(outcomes)
+    assert s["crash"] == 0, [o for o in outcomes if o.status == "crash"]
+    assert s["pass_rate"] >= 0.85, s
