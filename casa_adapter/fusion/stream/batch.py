@@ -24,7 +24,7 @@ import torch
 from casa_adapter.backbone.compat import cache_kwarg
 from casa_adapter.casa.cache import CasaCache
 from casa_adapter.fusion.stream import rows
-from casa_adapter.fusion.stream.chunks import Images, Item, Text, item_windows
+from casa_adapter.fusion.stream.chunks import Images, Item, item_windows
 from casa_adapter.fusion.stream.limits import CacheLimitError, StreamLimits
 from casa_adapter.fusion.stream.session import StreamSession
 
@@ -236,4 +236,4 @@ def _slot_bytes(keys: torch.Tensor, values: torch.Tensor) -> int:
     return _nbytes(keys[0, :, 0]) + _nbytes(values[0, :, 0])
 
 
-__all__ = ["StreamBatch", "HOLE", "Text", "Images"]
+__all__ = ["StreamBatch", "HOLE"]
