@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args
 Variant = Literal["casa", "ca", "shared"]
 Init = Literal["zero", "copy"]
 Fusion = Literal["casa", "insertion"]
-Kernel = Literal["auto", "windowed", "sdpa", "reference"]
+Kernel = Literal["auto", "windowed", "flex", "sdpa", "reference"]
 
 
 class _DictMixin:
@@ -79,8 +79,8 @@ class CasaSettings(_DictMixin):
 
     kernel: Kernel = "auto"
     """CASA attention kernel (`casa_adapter.casa.kernels.KERNELS`): `auto` = flash varlen on CUDA with
-    flash-attn, windowed SDPA otherwise, dense SDPA for one-token decode steps; `windowed`, `sdpa`,
-    `reference` force one (docs/kernels.md)."""
+    flash-attn, torch's flex_attention on CUDA without it, windowed SDPA on CPU, dense SDPA for
+    one-token decode steps; `windowed`, `flex`, `sdpa`, `reference` force one (docs/kernels.md)."""
 
     def __post_init__(self) -> None:
         if self.every < 1:

@@ -8,6 +8,7 @@ with exactly zero for queries that see no key. All compute the same thing (docs/
 - `sdpa` (`dense.py`): the same dense mask through `scaled_dot_product_attention`;
 - `windowed` (`windowed.py`, planned in `plan.py`): per-window blocks bucketed into a few SDPA calls;
 - flash varlen (`flash.py`): FlashAttention over the windows (CUDA + flash-attn, reached through `auto`);
+- `flex` (`flex.py`): torch's flex_attention with a block mask from the layout (compiled on CUDA; no extra package);
 - `auto`: picks one of these per call (see `auto_casa_attention`).
 """
 
@@ -17,6 +18,7 @@ import torch
 
 from casa_adapter.casa.kernels.dense import reference_casa_attention, sdpa_casa_attention
 from casa_adapter.casa.kernels.flash import flash_casa_attention, use_flash
+from casa_adapter.casa.kernels.flex import flex_available, flex_casa_attention
 from casa_adapter.casa.kernels.layout import KeyLayout
 from casa_adapter.casa.kernels.windowed import windowed_casa_attention
 
@@ -24,11 +26,14 @@ from casa_adapter.casa.kernels.windowed import windowed_casa_attention
 def auto_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Tensor:
     """The dense SDPA kernel for one query per row (a decode step: nothing to group, its mask is (B, 1, K),
     and no varlen bookkeeping per layer and step); FlashAttention varlen on CUDA in fp16/bf16 when
-    `flash-attn` is installed; the windowed kernel otherwise."""
+    `flash-attn` is installed; torch's flex_attention on CUDA otherwise (any dtype); the windowed kernel
+    elsewhere (CPU)."""
     if q.shape[2] == 1:
         kernel = sdpa_casa_attention
     elif use_flash(q):
         kernel = flash_casa_attention
+    elif q.is_cuda and flex_available():
+        kernel = flex_casa_attention
     else:
         kernel = windowed_casa_attention
     return kernel(q, k, v, layout, scaling)
@@ -38,6 +43,7 @@ KERNELS = {
     "reference": reference_casa_attention,
     "sdpa": sdpa_casa_attention,
     "windowed": windowed_casa_attention,
+    "flex": flex_casa_attention,
     "auto": auto_casa_attention,
 }
 """Kernel names for `CasaSettings.kernel`. The flash path has no entry of its own: it needs CUDA and
@@ -51,4 +57,5 @@ __all__ = [
     "sdpa_casa_attention",
     "windowed_casa_attention",
     "flash_casa_attention",
+    "flex_casa_attention",
 ]

@@ -1,0 +1,136 @@
+"""CASA attention through torch's own `flex_attention` (CUDA, no extra package; compiled there).
+
+The CASA rule of a `KeyLayout` becomes a flex `mask_mod` (`layout_mask_mod`, the one place that reads
+the layout), and `create_block_mask` turns it into a `BlockMask` once per layout (`flex_plan`, kept with
+`KeyLayout.derived`, so all CASA layers of a forward share it). `flex_attention` then skips every
+(128 x 128) block the mask leaves empty, which is what makes it sparse: keys of one window are
+contiguous in the layer's key layout ([cached ; images by window ; text]), so a query block touches the
+image block of its window and the text blocks up to itself. GQA runs through `enable_gqa`.
+
+On CUDA the kernel calls `torch.compile(flex_attention)` (Triton; forward and backward) and builds
+the block mask compiled too. Elsewhere it calls flex_attention eagerly, which torch runs as a dense
+math fallback with no backward on CPU: there `flex` is for checking the mask (tests), not for use,
+and asking it for gradients raises an error that says so. Queries without any allowed key get exactly
+zero (and zero gradient) whatever flex returns for fully masked rows.
+
+Works with torch 2.5 and later (`torch.nn.attention.flex_attention`: `flex_attention(q, k, v,
+block_mask=..., scale=..., enable_gqa=...)`, `create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device,
+BLOCK_SIZE, _compile)`); `flex_available()` is False on older ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from casa_adapter.casa.kernels.layout import KeyLayout
+
+BLOCK = 128
+"""flex_attention's block size; the layout tensors the mask_mod reads are padded to a multiple of it."""
+
+
+@functools.cache
+def _flex():
+    """(flex_attention, create_block_mask), or None when this torch has no flex attention."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    return flex_attention, create_block_mask
+
+
+def flex_available() -> bool:
+    """Whether the installed torch has `torch.nn.attention.flex_attention`."""
+    return _flex() is not None
+
+
+@functools.cache
+def _compiled_flex():
+    """`torch.compile(flex_attention)`: the fused Triton kernel on CUDA (shapes become dynamic on a second size)."""
+    return torch.compile(_flex()[0])
+
+
+def _pad(x: torch.Tensor, value: int) -> torch.Tensor:
+    """(B, T) -> (B, T') with T' the next multiple of BLOCK, filled with `value`."""
+    return F.pad(x, (0, -x.shape[1] % BLOCK), value=value)
+
+
+def layout_mask_mod(layout: KeyLayout):
+    """The CASA rule of `layout` as a flex `mask_mod(b, h, q_idx, kv_idx) -> bool`:
+
+        window(q) > 0  and  window(k) == window(q)  and  index(k) <= index(q)
+
+    It reads only the layout's public fields (q_window, q_index, k_window, k_index), padded to a
+    multiple of BLOCK (padded keys carry window -1, so they match no query), so a kernel that looks at
+    indices past the ends of a partial block reads defined values."""
+    q_window, q_index = _pad(layout.q_window, 0), _pad(layout.q_index, 0)  # (B, Tq')
+    k_window, k_index = _pad(layout.k_window, -1), _pad(layout.k_index, 0)  # (B, K')
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        w = q_window[b, q_idx]
+        return (w > 0) & (k_window[b, kv_idx] == w) & (k_index[b, kv_idx] <= q_index[b, q_idx])
+
+    return mask_mod
+
+
+def has_key(layout: KeyLayout) -> torch.Tensor:
+    """(B, Tq) bool: the query sees at least one key (its window's smallest key index <= its own index).
+    Computed per window, without the dense (Tq, K) mask."""
+    B = layout.q_window.shape[0]
+    span = max([int(w.max()) for w in (layout.q_window, layout.k_window) if w.numel()], default=0) + 1
+    big = torch.iinfo(torch.long).max
+    lo = torch.full((B, span), big, dtype=torch.long, device=layout.k_index.device)  # (B, W)
+    lo = lo.scatter_reduce(1, layout.k_window.clamp(min=0), layout.k_index, "amin")  # smallest key index per window
+    return (layout.q_window > 0) & (layout.q_index >= lo.gather(1, layout.q_window.clamp(min=0)))
+
+
+class FlexPlan(NamedTuple):
+    """What `flex_casa_attention` derives from a layout, once."""
+
+    block_mask: object | None
+    """The `BlockMask` (B, 1, Tq, K); None when no query sees any key."""
+    keep: torch.Tensor
+    """(B, Tq) bool: queries with at least one key (the others give exactly 0)."""
+
+
+def flex_plan(layout: KeyLayout) -> FlexPlan:
+    """The layout's `BlockMask` (compiled on CUDA) and the queries that see a key."""
+    (B, Tq), K = layout.q_window.shape, layout.k_window.shape[1]
+    keep = has_key(layout)  # (B, Tq)
+    if Tq == 0 or K == 0 or not bool(keep.any()):  # one host sync per layout, as every varlen plan has
+        return FlexPlan(None, keep)
+    device = layout.q_window.device
+    block_mask = _flex()[1](layout_mask_mod(layout), B, None, Tq, K, device=device, _compile=device.type == "cuda")
+    return FlexPlan(block_mask, keep)
+
+
+def flex_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Tensor:
+    """CASA attention through flex_attention. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
+    if not flex_available():
+        raise RuntimeError(
+            f"CASA kernel 'flex' needs torch.nn.attention.flex_attention (torch >= 2.5); this torch is "
+            f"{torch.__version__}: use kernel='windowed' or 'auto'"
+        )
+    if not q.is_cuda and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        raise RuntimeError(
+            "CASA kernel 'flex' has no backward on CPU (torch's flex_attention runs only its forward there): "
+            "use kernel='windowed' or 'auto' to train on CPU"
+        )
+    plan = layout.derived("flex", flex_plan)
+    if plan.block_mask is None:
+        return q.new_zeros(q.shape)
+    gqa = k.shape[1] != q.shape[1]
+    if q.is_cuda:
+        out = _compiled_flex()(q, k, v, block_mask=plan.block_mask, scale=scaling, enable_gqa=gqa)
+    else:
+        with warnings.catch_warnings():  # "flex_attention called without torch.compile()": expected off CUDA
+            warnings.filterwarnings("ignore", message=".*without torch.compile.*")
+            out = _flex()[0](q, k, v, block_mask=plan.block_mask, scale=scaling, enable_gqa=gqa)
+    return torch.where(plan.keep[:, None, :, None], out, out.new_zeros(()))  # (B, H, Tq, hd)
+
+
+__all__ = ["BLOCK", "FlexPlan", "flex_available", "flex_casa_attention", "flex_plan", "has_key", "layout_mask_mod"]
