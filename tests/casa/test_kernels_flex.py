@@ -6,14 +6,19 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_kernels import random_rows, run
 
 import casa_adapter.casa.kernels as kernels
 from casa_adapter.bench.kernel import make_layout
 from casa_adapter.casa.kernels import KeyLayout, reference_casa_attention
-from casa_adapter.casa.kernels.flex import BLOCK, flex_available, flex_casa_attention, flex_plan, has_key
-from casa_adapter.casa.kernels.flex import layout_mask_mod
-
-from test_kernels import random_rows, run
+from casa_adapter.casa.kernels.flex import (
+    BLOCK,
+    flex_available,
+    flex_casa_attention,
+    flex_plan,
+    has_key,
+    layout_mask_mod,
+)
 
 pytestmark = pytest.mark.skipif(not flex_available(), reason="this torch has no torch.nn.attention.flex_attention")
 needs_cuda = pytest.mark.skipif(
@@ -25,7 +30,7 @@ needs_cuda = pytest.mark.skipif(
 def layouts():
     """Random packed rows (text keys and image keys only, decode steps) and a long multi-block case."""
     rows = [random_rows(B=4, seed=s, text_keys=t) for s in range(4) for t in (True, False)]
-    return rows + [random_rows(B=3, seed=9, decode=True), make_layout(rows=2, windows=5, image=40, text=60, seed=2)]
+    return [*rows, random_rows(B=3, seed=9, decode=True), make_layout(rows=2, windows=5, image=40, text=60, seed=2)]
 
 
 def on(layout: KeyLayout, device) -> KeyLayout:
@@ -45,7 +50,7 @@ def test_mask_mod_evaluated_densely_is_the_layouts_rule(i):
 
 def test_block_mask_keeps_exactly_the_blocks_with_an_allowed_pair():
     layout = make_layout(rows=2, windows=6, image=64, text=90, seed=1)  # several 128-blocks each way
-    (B, Tq), K = layout.q_window.shape, layout.k_window.shape[1]
+    Tq, K = layout.q_window.shape[1], layout.k_window.shape[1]
     plan = flex_plan(layout)
     mask = torch.nn.functional.pad(layout.mask(), (0, -K % BLOCK, 0, -Tq % BLOCK))  # (B, Tq', K')
     want = mask.unflatten(1, (-1, BLOCK)).unflatten(3, (-1, BLOCK)).any(4).any(2)  # (B, Tq'/128, K'/128)
@@ -71,7 +76,9 @@ def test_cpu_forward_matches_reference_and_zeros_keyless_queries(i):
 def test_empty_layout_gives_zeros_without_a_block_mask():
     B, Tq, K = 2, 5, 6
     nothing = KeyLayout(
-        torch.zeros(B, Tq, dtype=torch.long), torch.arange(Tq).expand(B, Tq), torch.ones(B, K, dtype=torch.long),
+        torch.zeros(B, Tq, dtype=torch.long),
+        torch.arange(Tq).expand(B, Tq),
+        torch.ones(B, K, dtype=torch.long),
         torch.arange(K).expand(B, K),
     )  # keys in window 1, no query in any window
     q, k = torch.randn(B, 4, Tq, 8), torch.randn(B, 2, K, 8)
