@@ -10,7 +10,8 @@ from a `VisionSettings`:
 - any other `open_clip.list_models()` name works too (timm-backed, native ViT or ResNet).
 
 Only the image tower is built (no text tower, no pooling head). Where pretrained weights come from
-is `weights.py`.
+is `weights.py`. open_clip is imported only when an open_clip tower is built: the local towers need
+timm alone, so `import casa_adapter` works without open_clip_torch.
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from open_clip.factory import get_model_config
-from open_clip.model import _build_vision_tower
-from open_clip.modified_resnet import ModifiedResNet
-from open_clip.timm_model import TimmModel
-from open_clip.transform import PreprocessCfg
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import Tensor, nn
 
 from casa_adapter.config import VisionSettings
 from casa_adapter.vision.weights import load_into, resolve_weights
+
+if TYPE_CHECKING:
+    from open_clip.modified_resnet import ModifiedResNet
 
 ALIASES: dict[str, str] = {"siglip": "ViT-B-16-SigLIP", "siglip-so400m": "ViT-SO400M-14-SigLIP-384"}
 """Short names accepted for `VisionSettings.name`, mapped to open_clip model names."""
@@ -126,6 +126,9 @@ def build_tower(settings: VisionSettings) -> TowerBuild:
     """Build (and load, if asked) the tower named by `settings`."""
     if settings.name in LOCAL_TOWERS:
         return _build_local(settings)
+    from open_clip.factory import get_model_config
+    from open_clip.transform import PreprocessCfg
+
     model = open_clip_name(settings.name)
     model_cfg = get_model_config(model)
     if model_cfg is None:
@@ -158,6 +161,8 @@ def _build_local(settings: VisionSettings) -> TowerBuild:
 
 
 def _build_visual(model_cfg: dict, tag_cfg: dict, image_size: int | None) -> tuple[nn.Module, int]:
+    from open_clip.model import _build_vision_tower
+
     vision_cfg = copy.deepcopy(model_cfg["vision_cfg"])
     native = vision_cfg.get("image_size", 224)
     size = image_size or (native if isinstance(native, int) else native[0])
@@ -176,6 +181,9 @@ def _set_input_size(trunk: nn.Module, size: int) -> None:
 
 
 def _wrap_visual(visual: nn.Module) -> nn.Module:
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.timm_model import TimmModel
+
     if isinstance(visual, TimmModel):
         trunk = visual.trunk
         if hasattr(trunk, "reset_classifier"):

@@ -13,20 +13,25 @@ import socket
 from types import SimpleNamespace
 from urllib.parse import urlparse
 
-import open_clip
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-from open_clip.model import resize_pos_embed
 from safetensors import safe_open
 from torch import Tensor, nn
+
+
+def _open_clip():
+    """The `open_clip` module, imported on first use: local towers (`siglip-tiny`) and local weight files
+    need only timm and safetensors, so `import casa_adapter` works without open_clip_torch."""
+    import open_clip
+
+    return open_clip
 
 
 def resolve_weights(name: str, model: str, pretrained: bool | str, cache_dir: str | None) -> tuple[str | None, dict]:
     """(local checkpoint path, or None for random init; the open_clip pretrained config whose
     preprocessing applies). `pretrained`: True = the model's first open_clip tag, a str = a tag
     or a file path, False = random (no network access)."""
-    tags = open_clip.list_pretrained_tags_by_model(model)
+    tags = _open_clip().list_pretrained_tags_by_model(model)
     default_cfg = _tag_cfg(model, tags[0] if tags else None)
     if isinstance(pretrained, str) and os.path.isfile(os.path.expanduser(pretrained)):
         return os.path.expanduser(pretrained), default_cfg
@@ -47,7 +52,7 @@ def resolve_weights(name: str, model: str, pretrained: bool | str, cache_dir: st
 
 
 def _tag_cfg(model: str, tag: str | None) -> dict:
-    return dict(open_clip.get_pretrained_cfg(model, tag)) if tag else {}
+    return dict(_open_clip().get_pretrained_cfg(model, tag)) if tag else {}
 
 
 def _fetch(name: str, model: str, tag: str, cfg: dict, cache_dir: str | None) -> str:
@@ -62,7 +67,7 @@ def _fetch(name: str, model: str, tag: str, cfg: dict, cache_dir: str | None) ->
     if not _reachable(endpoint):
         raise weights_error(name, model, tag, f"{urlparse(endpoint).netloc or endpoint} is unreachable")
     try:
-        return open_clip.pretrained.download_pretrained(cfg, cache_dir=cache_dir)
+        return _open_clip().pretrained.download_pretrained(cfg, cache_dir=cache_dir)
     except Exception as err:  # any download failure becomes the one actionable error
         raise weights_error(name, model, tag, f"{type(err).__name__}: {err}") from err
 
@@ -96,9 +101,10 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def _cached_hub_file(hub: str, cache_dir: str | None) -> str | None:
+    constants = _open_clip().constants
     repo, filename = os.path.split(hub)  # "org/repo/" -> ("org/repo", "")
-    filename = filename or HF_WEIGHTS_NAME
-    safe = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else os.path.splitext(filename)[0] + ".safetensors"
+    filename = filename or constants.HF_WEIGHTS_NAME
+    safe = constants.HF_SAFE_WEIGHTS_NAME if filename == constants.HF_WEIGHTS_NAME else os.path.splitext(filename)[0] + ".safetensors"
     for fname in (safe, filename):
         found = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
         if isinstance(found, str):
@@ -119,7 +125,7 @@ def load_into(module: nn.Module, path: str) -> None:
         state = _strip(state, "trunk.")
     if "positional_embedding" in state and hasattr(module, "grid_size"):
         holder = {"visual.positional_embedding": state["positional_embedding"]}
-        resize_pos_embed(holder, SimpleNamespace(visual=module))  # checkpoint grid -> tower grid
+        _open_clip().model.resize_pos_embed(holder, SimpleNamespace(visual=module))  # checkpoint grid -> tower grid
         state["positional_embedding"] = holder["visual.positional_embedding"]
     missing, _ = module.load_state_dict(state, strict=False)
     if missing:
@@ -138,7 +144,7 @@ def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 def _read_state_dict(path: str) -> dict[str, Tensor]:
     """Read a checkpoint; from a .safetensors file only the `visual.` tensors when it has any."""
     if not path.endswith(".safetensors"):
-        return open_clip.factory.load_state_dict(path)
+        return _open_clip().factory.load_state_dict(path)
     with safe_open(path, framework="pt") as f:
         names = list(f.keys())  # a safe_open handle is not iterable itself
         keys = [k for k in names if k.startswith("visual.")] or names
