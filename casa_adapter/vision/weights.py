@@ -104,7 +104,9 @@ def _cached_hub_file(hub: str, cache_dir: str | None) -> str | None:
     constants = _open_clip().constants
     repo, filename = os.path.split(hub)  # "org/repo/" -> ("org/repo", "")
     filename = filename or constants.HF_WEIGHTS_NAME
-    safe = constants.HF_SAFE_WEIGHTS_NAME if filename == constants.HF_WEIGHTS_NAME else os.path.splitext(filename)[0] + ".safetensors"
+    safe = os.path.splitext(filename)[0] + ".safetensors"
+    if filename == constants.HF_WEIGHTS_NAME:
+        safe = constants.HF_SAFE_WEIGHTS_NAME
     for fname in (safe, filename):
         found = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
         if isinstance(found, str):
