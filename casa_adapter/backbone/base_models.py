@@ -140,7 +140,7 @@ def load_base(name: str, dtype: torch.dtype | None = None, with_tokenizer: bool 
     The model's `config._name_or_path` is set to `name`, so what an adapter records as its base loads
     again with `load_base`. `with_tokenizer=False` returns (model, None) (a folder may hold weights only)."""
     if name == "tiny":
-        model = tiny_llm()
+        model = tiny_llm().to(dtype or torch.float32)
         model.config._name_or_path = name
         return model, tiny_chat_tokenizer() if with_tokenizer else None
     where, kw = _locate(name)

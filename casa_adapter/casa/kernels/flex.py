@@ -108,6 +108,14 @@ def flex_plan(layout: KeyLayout) -> FlexPlan:
     return FlexPlan(block_mask, keep)
 
 
+def _same_dtype(q, k, v):
+    """q, k, v in one dtype, as flex_attention needs: autocast's dtype inside an autocast region (where
+    RoPE may leave q in fp32 and the projections give bf16), else q's."""
+    device = q.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
+    return (x if x.dtype == dtype else x.to(dtype) for x in (q, k, v))
+
+
 def flex_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Tensor:
     """CASA attention through flex_attention. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
     if not flex_available():
@@ -123,6 +131,7 @@ def flex_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Ten
     plan = layout.derived("flex", flex_plan)
     if plan.block_mask is None:
         return q.new_zeros(q.shape)
+    q, k, v = _same_dtype(q, k, v)
     gqa = k.shape[1] != q.shape[1]
     if q.is_cuda:
         out = _compiled_flex()(q, k, v, block_mask=plan.block_mask, scale=scaling, enable_gqa=gqa)

@@ -51,7 +51,7 @@ def windowed_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch
     out = q.new_zeros((B * Tq + 1) * H, hd)  # token-major rows, one spare token
     for qb, kb, vb, mask, at in zip(qs, ks, vs, plan.masks, dest):
         ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scaling, enable_gqa=k.shape[1] != H)
-        out = out.index_put_((at,), ob.reshape(-1, hd))  # ob (n, H, Lq, hd)
+        out = out.index_put_((at,), ob.reshape(-1, hd).to(out.dtype))  # ob (n, H, Lq, hd); bf16 under autocast
     return out[: B * Tq * H].view(B, Tq, H, hd).transpose(1, 2)  # (B, H, Tq, hd)
 
 
