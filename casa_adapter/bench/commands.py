@@ -6,6 +6,8 @@ subcommands:
   train    a few optimizer steps on the same frozen backbone and data: training tokens/s and peak
            memory over the loaded model, presets image-heavy and text-heavy
   kernel   the windowed CASA attention kernel vs the dense reference and FLOP-equal causal SDPA
+  device   the one prepared GPU check: every kernel vs the reference, kernel/stream/train at paper-like
+           sizes on a random ~2B Llama; one JSON + one markdown table (`--quick`: tiny, on CPU)
 
 Each prints a table with ratios and writes `--json PATH`. Defaults run on a 2-core CPU in under
 3 minutes each with the tiny model; `--model smollm2-135m`, `--device cuda --dtype bf16` and
@@ -18,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from casa_adapter.bench import stream, train
+from casa_adapter.bench import device, stream, train
 from casa_adapter.bench.common import add_settings_arguments
 
 
@@ -30,10 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=rest,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{stream,train,kernel}")
+    sub = parser.add_subparsers(dest="command", metavar="{stream,train,kernel,device}")
     for name, module, settings in (
         ("stream", stream, stream.StreamBenchSettings),
         ("train", train, train.TrainBenchSettings),
+        ("device", device, device.DeviceCheckSettings),
     ):
         p = sub.add_parser(
             name,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from casa_adapter.backbone.base_models import load_base
 from casa_adapter.config import CasaSettings, LoraSettings
@@ -67,9 +68,30 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+RANDOM_MODELS = {
+    "llama-2b-random": dict(
+        hidden_size=2560,
+        intermediate_size=7040,
+        num_hidden_layers=24,
+        num_attention_heads=20,
+        num_key_value_heads=20,
+        vocab_size=64000,
+    ),
+}
+"""Random-weight Llama-shaped bases built in place (no download): `llama-2b-random` is a ~2.3B model
+with the paper's Helium-2B geometry (24 blocks, width 2560, 20 heads of 128), for GPU benchmarks."""
+
+
 def load_llm(name: str, dtype: str, device: str) -> nn.Module:
-    """The frozen base LLM named `name` (see `casa_adapter.backbone.base_models.load_base`), on `device`."""
-    llm, _ = load_base(name, DTYPES[dtype])
+    """The frozen base LLM named `name`, on `device`: one of `RANDOM_MODELS` (initialised on `device`), else
+    whatever `casa_adapter.backbone.base_models.load_base` loads."""
+    if name in RANDOM_MODELS:
+        config = LlamaConfig(**RANDOM_MODELS[name], max_position_embeddings=2**19, tie_word_embeddings=False)
+        with torch.device(device):
+            llm = LlamaForCausalLM(config)  # random init on the device itself: seconds on a GPU
+        llm.config._name_or_path = name
+    else:
+        llm, _ = load_base(name, DTYPES[dtype])
     return llm.to(device=device, dtype=DTYPES[dtype]).eval()
 
 

@@ -38,6 +38,8 @@ CASES = {
 }
 """Default cases: rows x windows per row, image tokens per window, mean text tokens per window."""
 KERNEL_NAMES = ("windowed", "reference", "dense-sdpa", "causal-equal")
+"""What `bench kernel` times by default; `run_case(..., kernels=...)` also takes "flex" (CUDA: no CPU backward)."""
+_KERNEL_OF = {"windowed": "windowed", "reference": "reference", "dense-sdpa": "sdpa", "flex": "flex"}
 
 
 def make_layout(rows: int, windows: int, image: int, text: int, decode: bool = False, seed: int = 0) -> KeyLayout:
@@ -84,7 +86,7 @@ def _runner(name: str, q, k, v, layout, pairs: int, backward: bool):
         q, k, v = (x.new_empty(1, x.shape[1], T, x.shape[-1]).normal_().requires_grad_(backward) for x in (q, q, q))
         call = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
-        kernel = KERNELS[{"windowed": "windowed", "reference": "reference", "dense-sdpa": "sdpa"}[name]]
+        kernel = KERNELS[_KERNEL_OF[name]]
         call = lambda: kernel(
             q, k, v, dataclasses.replace(layout), q.shape[-1] ** -0.5
         )  # a fresh layout: planning included
@@ -105,8 +107,8 @@ def _inputs(B: int, Tq: int, K: int, args, backward: bool):
     return q, k, v
 
 
-def run_case(name: str, spec: dict, args) -> dict:
-    """Time every kernel on one case: a JSON-able dict with the layout, the windowed plan and milliseconds."""
+def run_case(name: str, spec: dict, args, kernels: tuple[str, ...] = KERNEL_NAMES) -> dict:
+    """Time `kernels` on one case: a JSON-able dict with the layout, the windowed plan and milliseconds."""
     cpu = make_layout(**spec)
     layout = KeyLayout(*(t.to(args.device) for t in (cpu.q_window, cpu.q_index, cpu.k_window, cpu.k_index)))
     (B, Tq), K = layout.q_window.shape, layout.k_window.shape[1]
@@ -125,7 +127,7 @@ def run_case(name: str, spec: dict, args) -> dict:
     )
     for backward in (False, True):
         q, k, v = _inputs(B, Tq, K, args, backward)
-        runners = {kn: _runner(kn, q, k, v, layout, pairs, backward) for kn in KERNEL_NAMES}
+        runners = {kn: _runner(kn, q, k, v, layout, pairs, backward) for kn in kernels}
         clock = time.thread_time if args.clock == "cpu" else time.perf_counter
         timed = _time_round_robin(runners, args.repeats, sync, clock)
         mode = "fwd+bwd" if backward else "fwd"
