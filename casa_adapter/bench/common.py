@@ -76,7 +76,7 @@ RANDOM_MODELS = {
         num_attention_heads=20,
         num_key_value_heads=20,
         vocab_size=64000,
-    ),
+    )
 }
 """Random-weight Llama-shaped bases built in place (no download): `llama-2b-random` is a ~2.3B model
 with the paper's Helium-2B geometry (24 blocks, width 2560, 20 heads of 128), for GPU benchmarks."""

@@ -66,13 +66,13 @@ class DeviceCheckSettings:
     every: int = field(default=1, metadata={"help": "CASA in every N-th block (stream and train)"})
     turns: int = field(default=256, metadata={"help": "stream: turns"})
     image_tokens: int = field(default=1024, metadata={"help": "stream and train: tokens per image"})
-    budget_s: int = field(default=480, metadata={"help": "a section that would start after this many seconds is skipped"})
+    budget_s: int = field(default=480, metadata={"help": "skip a section that would start after this many seconds"})
 
     def resolved(self) -> DeviceCheckSettings:
         """These settings with the device chosen and, for --quick, the tiny sizes."""
         device = self.device or ("cpu" if self.quick or not torch.cuda.is_available() else "cuda")
         if not self.quick and device == "cpu":
-            raise SystemExit("casa-adapter bench device: no CUDA device here; the full check needs a GPU (--quick: CPU)")
+            raise SystemExit("casa-adapter bench device: no CUDA device; the full check needs a GPU (--quick: CPU)")
         if not self.quick:
             return dataclasses.replace(self, device=device)
         return dataclasses.replace(self, device=device, model="tiny", turns=3, image_tokens=8)
@@ -135,7 +135,8 @@ def check_kernels(s: DeviceCheckSettings) -> dict:
 def bench_kernels(s: DeviceCheckSettings) -> dict:
     """`bench kernel` cases (paper-like, bf16 on CUDA; tiny, fp32 on CPU)."""
     cuda = s.device.startswith("cuda")
-    size = ["--heads", "20", "--kv-heads", "20", "--head-dim", "128"] if cuda else ["--heads", "2", "--kv-heads", "1", "--head-dim", "16"]
+    heads, kv_heads, head_dim = ("20", "20", "128") if cuda else ("2", "1", "16")
+    size = ["--heads", heads, "--kv-heads", kv_heads, "--head-dim", head_dim]
     args = kernel_bench.parse_args(
         [*size, "--device", s.device, "--dtype", "bf16" if cuda else "fp32", "--repeats", "5" if cuda else "1"]
     )

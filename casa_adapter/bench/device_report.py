@@ -62,8 +62,9 @@ def _kernels(result: dict) -> list[str]:
             continue
         for dtype, by_kernel in by_dtype.items():
             for name, r in by_kernel.items():
+                out = r.get("out_max_abs_diff", r.get("skipped", ""))
                 grad = r.get("grad_max_abs_diff", r.get("backward", r.get("skipped", "")))
-                rows.append([layout, dtype, name, r.get("out_max_abs_diff", r.get("skipped", "")), grad, r.get("ok", "-")])
+                rows.append([layout, dtype, name, out, grad, r.get("ok", "-")])
     return _table(["layout", "dtype", "kernel", "max abs diff out", "max abs diff grads", "ok"], rows)
 
 
@@ -82,11 +83,9 @@ def _stream(result: dict) -> list[str]:
     casa, ins = result["casa"], result["insertion"]
     rows = []
     for t in report_turns(len(casa["latency_ms"])):
-        rows.append(
-            [t, smoothed(casa["latency_ms"], t), smoothed(ins["latency_ms"], t)]
-            + [smoothed(casa["decode_tok_s"], t), smoothed(ins["decode_tok_s"], t)]
-            + [casa["state_bytes"][t - 1] / 2**20, ins["state_bytes"][t - 1] / 2**20]
-        )
+        ttft = [smoothed(casa["latency_ms"], t), smoothed(ins["latency_ms"], t)]
+        decode = [smoothed(casa["decode_tok_s"], t), smoothed(ins["decode_tok_s"], t)]
+        rows.append([t, *ttft, *decode, casa["state_bytes"][t - 1] / 2**20, ins["state_bytes"][t - 1] / 2**20])
     headers = ["turn", "CASA TTFT ms", "ins TTFT ms", "CASA dec tok/s", "ins dec tok/s", "CASA state MiB", "ins MiB"]
     lines = _table(headers, rows)
     if "max_memory_allocated" in result:
