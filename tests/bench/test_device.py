@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from casa_adapter.bench.device import SECTIONS
 from casa_adapter.casa.kernels import KERNELS
 
@@ -50,3 +52,15 @@ def test_quick_device_check_without_the_packages_the_gpu_machine_lacks(tmp_path)
         assert heading in page
     assert "| train tokens/s | 1,560 | 1,501 |" in page and "80 -> 459" in page
     assert "| packed | bf16 | flex |" in page and "| image-heavy | insertion |" in page
+
+
+def test_random_llama_bases_are_built_in_place_in_the_asked_dtype(monkeypatch):
+    import casa_adapter.bench.common as common
+
+    assert common.RANDOM_MODELS["llama-2b-random"]["hidden_size"] == 2560  # Helium-2B's shape, ~2.3B parameters
+    tiny = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=128)
+    monkeypatch.setitem(common.RANDOM_MODELS, "llama-tiny-random", dict(tiny, num_key_value_heads=2))
+    llm = common.load_llm("llama-tiny-random", "bf16", "cpu")
+    assert {p.dtype for p in llm.parameters()} == {torch.bfloat16} and not llm.training
+    assert llm.config.num_hidden_layers == 2 and llm.config.max_position_embeddings >= 256 * 1045  # 256 turns fit
+    assert llm.config._name_or_path == "llama-tiny-random"
