@@ -64,3 +64,11 @@ def test_random_llama_bases_are_built_in_place_in_the_asked_dtype(monkeypatch):
     assert {p.dtype for p in llm.parameters()} == {torch.bfloat16} and not llm.training
     assert llm.config.num_hidden_layers == 2 and llm.config.max_position_embeddings >= 256 * 1045  # 256 turns fit
     assert llm.config._name_or_path == "llama-tiny-random"
+
+
+def test_the_documented_one_shot_command_fits_the_device_tool():
+    """docs/performance.md holds the line a GPU session passes to the device tool's `run` (<= 2,000 characters)."""
+    page = (ROOT / "docs" / "performance.md").read_text()
+    line = next(x.strip() for x in page.splitlines() if "bench device --out $OUT/check" in x)
+    assert len(line) <= 2000 and "timeout" in line and "tests/casa/test_kernels_flex.py" in line
+    assert "No GPU numbers exist yet" in page
