@@ -11,6 +11,7 @@ shape itself, on top of `LightningCLI`:
     casa-adapter export ...                                            # casa_adapter.export.command
     casa-adapter bench ...                                             # casa_adapter.bench.commands
     casa-adapter study ...                                             # casa_adapter.study
+    casa-adapter serve SRC ...                                         # casa_adapter.serve.command
     casa-adapter families [--census]                                   # casa_adapter.census.command
 """
 
@@ -37,6 +38,10 @@ export (casa-adapter export --help):
   export SRC --out DIR [--merged | --peft | --text-llm] [--base NAME]
                            an adapter dir, saved folder or .ckpt -> a save_pretrained folder (adapter or
                            merged form), a peft LoRA adapter, or a plain HF text LLM
+
+serving (casa-adapter serve --help; docs/serving.md):
+  serve SRC [--port 8000]  an OpenAI-compatible /v1/chat/completions and video sessions over HTTP,
+                           every conversation decoded together in one batch
 
 data (casa-adapter data --help):
   data check SHARDS...     good/bad sample counts by reason (local files, URLs, s3://, gs://, pipe:)
@@ -106,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         from casa_adapter.study import main as study_main
 
         return study_main(rest)
+    if command == "serve":
+        from casa_adapter.serve.command import main as serve_main
+
+        return serve_main(rest)
     print(f"casa-adapter: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

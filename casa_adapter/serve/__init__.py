@@ -1,8 +1,30 @@
-"""Serving (issue 14, in progress): the HTTP side of `casa-adapter serve`.
+"""`casa-adapter serve`: an OpenAI-compatible chat endpoint and video sessions over HTTP, on LitServe.
 
 - `settings.ServeSettings`: the server's limits and defaults.
-- `requests`: OpenAI chat bodies and video-session calls checked and decoded (`ServeError` with a 4xx).
-- `images`: `data:` URIs (and allowed remote URLs) -> RGB arrays within the byte and pixel limits.
+- `requests`, `images`: bodies checked and images decoded in the HTTP process (`ServeError` with a 4xx).
+- `engine.ServeEngine`: every conversation in one `StreamBatch`, one forward per step for all of them.
+- `worker`: the LitServe `LitAPI` and continuous-batching loop that drive the engine; `ModelSource`.
+- `spec`, `responses`: the HTTP endpoints and their OpenAI-shaped JSON / server-sent events.
+- `server`: `build_server`, `serve`; `command`: the console command.
 
-The model side (one `StreamBatch` stepping every session) and the LitServe server come next.
+See docs/serving.md.
 """
+
+from casa_adapter.serve.engine import ServeEngine
+from casa_adapter.serve.errors import ServeError
+from casa_adapter.serve.settings import ServeSettings
+
+__all__ = ["ServeEngine", "ServeError", "ServeSettings", "ModelSource", "build_server", "serve"]
+
+
+def __getattr__(name: str):
+    """The LitServe side (`ModelSource`, `build_server`, `serve`) is imported only when asked for."""
+    if name == "ModelSource":
+        from casa_adapter.serve.worker import ModelSource
+
+        return ModelSource
+    if name in ("build_server", "serve"):
+        from casa_adapter.serve import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module 'casa_adapter.serve' has no attribute {name!r}")
