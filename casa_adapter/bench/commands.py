@@ -8,6 +8,8 @@ subcommands:
   kernel   the windowed CASA attention kernel vs the dense reference and FLOP-equal causal SDPA
   device   the one prepared GPU check: every kernel vs the reference, kernel/stream/train at paper-like
            sizes on a random ~2B Llama; one JSON + one markdown table (`--quick`: tiny, on CPU)
+  serve    many video sessions over real HTTP (`casa-adapter serve`): time to first token per turn,
+           answer tokens/s and the server's memory, CASA vs insertion (the one bench in two processes)
 
 Each prints a table with ratios and writes `--json PATH`. Defaults run on a 2-core CPU in under
 3 minutes each with the tiny model; `--model smollm2-135m`, `--device cuda --dtype bf16` and
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from casa_adapter.bench import device, stream, train
+from casa_adapter.bench import device, serve, stream, train
 from casa_adapter.bench.common import add_settings_arguments
 
 
@@ -32,11 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=rest,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{stream,train,kernel,device}")
+    sub = parser.add_subparsers(dest="command", metavar="{stream,train,kernel,device,serve}")
     for name, module, settings in (
         ("stream", stream, stream.StreamBenchSettings),
         ("train", train, train.TrainBenchSettings),
         ("device", device, device.DeviceCheckSettings),
+        ("serve", serve, serve.ServeBenchSettings),
     ):
         p = sub.add_parser(
             name,

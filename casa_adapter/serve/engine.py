@@ -290,7 +290,7 @@ class ServeEngine:
         return {
             "session": sid,
             "frames": held.frames,
-            "positions": session.index,
+            "positions": session.index + self.streams.queued_tokens(session),  # the last answer token may wait
             "cached_tokens": session.cached_tokens(),
             "state_bytes": session.state_bytes(),
         }

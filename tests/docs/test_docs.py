@@ -27,6 +27,7 @@ DOCS = [
     "docs/checkpoints.md",
     "docs/evaluation.md",
     "docs/kernels.md",
+    "docs/serving.md",
 ]
 SELF_CONTAINED_ONLY = ["docs/vision.md", "docs/processor.md"]
 NO_TEST = "<!-- no-test -->"

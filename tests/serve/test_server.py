@@ -4,12 +4,8 @@ every bad input answered with a clear 4xx while the server keeps serving."""
 import base64
 import io
 import itertools
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -18,6 +14,7 @@ from PIL import Image
 
 openai = pytest.importorskip("openai", reason="the OpenAI client is in the [test] extra")
 pytest.importorskip("litserve", reason="casa-adapter serve needs the [serve] extra (litserve)")
+from casa_adapter.serve.launch import ServerProcess  # noqa: E402
 
 MAKE_ADAPTER = """
 import sys, casa_adapter
@@ -38,28 +35,8 @@ def data_uri(seed: int, size=(40, 50)) -> str:
 def server(tmp_path_factory):
     adapter = tmp_path_factory.mktemp("serve") / "adapter"
     subprocess.run([sys.executable, "-c", MAKE_ADAPTER, str(adapter)], check=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "casa_adapter.cli", "serve", str(adapter), "--port", str(port)]
-    process = subprocess.Popen([*command, "--max-images", "2", "--max-image-bytes", "200000"], start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "the server exited while starting"
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError("the server did not get healthy in 180 s")
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+    with ServerProcess(adapter, ["--max-images", "2", "--max-image-bytes", "200000"]) as running:
+        yield running.url
 
 
 def client(url):
