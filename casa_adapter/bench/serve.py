@@ -1,11 +1,12 @@
 """`casa-adapter bench serve`: many video sessions over real HTTP, CASA vs token insertion, turn by turn.
 
-For each fusion a tiny adapter (the embedded tiny Llama, `siglip-tiny` with `pool=2`: 16 tokens per
-frame, random weights) is saved and served by `casa-adapter serve` in its own process. `--streams`
-clients (threads, one HTTP connection each) open a session each; every turn each client sends a
-frame (`POST .../frames`), then a question (`POST .../text`, streamed) and reads `--decode-tokens`
-tokens. Turns are in step across clients (a barrier): all sessions of a turn are in the server
-together, so the server decodes them in one batch, and the server is sampled between turns. Measured per turn and fusion:
+For each fusion an adapter (on `--model`, the embedded tiny Llama by default, with `siglip-tiny`
+and `--pool 2`: 16 tokens per frame; random new weights) is saved and served by `casa-adapter
+serve` in its own process. `--streams` clients (threads, one HTTP connection each) open a session
+each; every turn each client sends a frame (`POST .../frames`), then a question (`POST .../text`,
+streamed) and reads `--decode-tokens` tokens. Turns are in step across clients (a barrier): all
+sessions of a turn are in the server together, so the server decodes them in one batch, and the
+server is sampled between turns. Measured per turn and fusion:
 
 - `ttft_ms`: from sending the question to its first streamed token (p50 and p99 over the clients);
 - `frame_ms`: the frame call's round trip (vision encoder + the frame's step);
@@ -46,6 +47,8 @@ class ServeBenchSettings:
     streams: int = field(default=16, metadata={"help": "concurrent clients, one video session each"})
     turns: int = field(default=64, metadata={"help": "turns per session: a frame, a question, an answer"})
     decode_tokens: int = field(default=4, metadata={"help": "answer tokens per turn"})
+    model: str = field(default="tiny", metadata={"help": "tiny | smollm2-135m (real weights, offline) | a folder"})
+    pool: int = field(default=2, metadata={"help": "siglip-tiny pooling: 2 -> 16 tokens per frame, 1 -> 64"})
     server_threads: int = field(default=0, metadata={"help": "torch threads of the server (0: torch's default)"})
     seed: int = field(default=0, metadata={"help": "seed of the frames and the new parameters"})
     json: str = field(default="", metadata={"help": "write per-turn results here (JSON)"})
@@ -61,15 +64,15 @@ def frames(seed: int, n: int = 8) -> list[str]:
     return out
 
 
-def save_adapter(fusion: str, folder: Path, seed: int) -> Path:
+def save_adapter(fusion: str, folder: Path, s: ServeBenchSettings) -> Path:
     import torch
 
     import casa_adapter
     from casa_adapter.backbone.base_models import load_base
 
-    torch.manual_seed(seed)
-    llm, _ = load_base("tiny")
-    model = casa_adapter.wrap(llm, vision="siglip-tiny", pretrained=False, pool=2, fusion=fusion, init="copy")
+    torch.manual_seed(s.seed)
+    llm, _ = load_base(s.model, with_tokenizer=False)
+    model = casa_adapter.wrap(llm, vision="siglip-tiny", pretrained=False, pool=s.pool, fusion=fusion, init="copy")
     model.save_adapter(folder / fusion)
     return folder / fusion
 
@@ -179,7 +182,7 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory() as folder:
         for fusion in FUSIONS:
             print(f"bench serve: {fusion}: {s.streams} sessions x {s.turns} turns over HTTP ...", flush=True)
-            results[fusion] = run_fusion(save_adapter(fusion, Path(folder), s.seed), s)
+            results[fusion] = run_fusion(save_adapter(fusion, Path(folder), s), s)
     headers = ["turn"]
     for fusion in FUSIONS:
         headers += [f"{fusion} ttft p50 ms", "p99", "frame p50 ms", "state MiB"]
