@@ -48,6 +48,10 @@ class ServeBenchSettings:
     turns: int = field(default=64, metadata={"help": "turns per session: a frame, a question, an answer"})
     decode_tokens: int = field(default=4, metadata={"help": "answer tokens per turn"})
     model: str = field(default="tiny", metadata={"help": "tiny | smollm2-135m (real weights, offline) | a folder"})
+    accelerator: str = field(default="auto", metadata={"help": "the server's device: auto | cpu | cuda"})
+    dtype: str = field(
+        default="", metadata={"help": "server dtype: float32, bfloat16, float16 (empty: as saved)"}
+    )
     pool: int = field(default=2, metadata={"help": "siglip-tiny pooling: 2 -> 16 tokens per frame, 1 -> 64"})
     server_threads: int = field(default=0, metadata={"help": "torch threads of the server (0: torch's default)"})
     seed: int = field(default=0, metadata={"help": "seed of the frames and the new parameters"})
@@ -124,7 +128,8 @@ def run_fusion(adapter: Path, s: ServeBenchSettings) -> dict:
 
     from casa_adapter.serve.launch import ServerProcess
 
-    flags = ["--max-sessions", str(s.streams + 1), "--max-cache-tokens", "0"]
+    flags = ["--max-sessions", str(s.streams + 1), "--max-cache-tokens", "0", "--accelerator", s.accelerator]
+    flags += ["--dtype", s.dtype] if s.dtype else []
     env = {"OMP_NUM_THREADS": str(s.server_threads)} if s.server_threads else {}
     with ServerProcess(adapter, flags, env=env) as server:
         images = frames(s.seed)

@@ -20,6 +20,7 @@ session's `max_cache_tokens` with `evict="error"`.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 import uuid
@@ -35,6 +36,9 @@ from casa_adapter.serve.jobs import Job, Reply, TextStream, error_reply
 from casa_adapter.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 10.0
+"""Generated tokens/s in the metrics are counted over this many seconds."""
 
 
 @dataclass
@@ -67,6 +71,8 @@ class ServeEngine:
         """Replies that need no step (create, close, metrics, refusals), sent with the next step's."""
         self.counters = {"steps": 0, "tokens": 0, "frames": 0, "requests": 0, "refused": 0}
         self.started = time.monotonic()
+        self.recent: collections.deque[float] = collections.deque()
+        """Times of the tokens generated in the last `RATE_WINDOW_S` seconds."""
 
     @property
     def busy(self) -> bool:
@@ -212,6 +218,7 @@ class ServeEngine:
         token = job.session.next_token(job.temperature > 0, max(job.temperature, 1e-5))  # (1, 1)
         token_id = int(token)
         self.counters["tokens"] += 1
+        self.recent.append(time.monotonic())
         if job.first_token_s is None:
             job.first_token_s = time.monotonic() - job.started
         if job.session_id is not None or token_id not in self.eos:
@@ -302,14 +309,18 @@ class ServeEngine:
         self.replies.append(Reply(uid, {"kind": "done", **payload}, last=True))
 
     def metrics(self) -> dict:
-        """What the server holds and has done (GET /v1/metrics)."""
+        """What the server holds and has done (GET /v1/metrics); `tokens_per_s` over the last `RATE_WINDOW_S`."""
+        now = time.monotonic()
+        while self.recent and self.recent[0] < now - RATE_WINDOW_S:
+            self.recent.popleft()
         return {
             "object": "metrics",
             "sessions": len(self.sessions),
             "chats": sum(job.session_id is None for job in self.jobs.values()),
             "jobs": len(self.jobs),
             "state_bytes": self.streams.state_bytes(),
-            "uptime_s": round(time.monotonic() - self.started, 3),
+            "tokens_per_s": round(len(self.recent) / min(RATE_WINDOW_S, max(now - self.started, 1e-3)), 2),
+            "uptime_s": round(now - self.started, 3),
             **self.counters,
         }
 

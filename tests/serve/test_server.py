@@ -94,11 +94,13 @@ BAD = [
     ("not json", b"{nope", 400, "not valid JSON"),
     ("no messages", {"model": "m"}, 400, "messages must be a non-empty list"),
     ("bad part", user({"type": "audio"}), 400, "'audio' is not supported"),
-    ("bad image", user(image("data:image/png;base64,AAAA")), 400, "image"),
+    ("corrupt base64", user(image("data:image/png;base64,@@not*base64")), 400, "base64"),
+    ("not an image", user(image("data:image/png;base64,AAAA")), 400, "image"),
     ("remote image", user(image("http://x/y.png")), 400, "remote"),
     ("too many images", user(*[image(data_uri(k)) for k in range(3)]), 400, "max_images=2"),
     ("huge image", user(image(data_uri(0, (400, 400)))), 413, "bytes"),
     ("max_tokens", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}, 400, "max_tokens"),
+    ("prompt over the context", {"messages": [{"role": "user", "content": "hi " * 1500}]}, 400, "past the model's"),
     ("placeholder mismatch", {"messages": [{"role": "user", "content": "<image> hi"}]}, 400, "placeholder"),
 ]
 
