@@ -67,7 +67,7 @@ class AttentionAccess:
     def __init__(self, attn: nn.Module, spec: FamilySpec, config, model_type: str):
         config = text_config(config)
         self.attn, self.spec = attn, spec
-        self.num_heads = config.num_attention_heads
+        self.num_heads = self._heads_here(config)
         self.hidden_size = config.hidden_size
         self.head_dim = spec.head_dim or getattr(attn, "head_dim", None) or config.hidden_size // self.num_heads
         self.num_kv_heads = spec.kv_heads or self._kv_heads(config)
@@ -83,6 +83,13 @@ class AttentionAccess:
             own = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", _generic_rope)
             self.rope_fn = own if spec.rope_style == "half" else rotate_pairs
         self._check(model_type)
+
+    def _heads_here(self, config) -> int:
+        """Query heads of this block: the config's per-layer count where it has one (Laguna), else the global one."""
+        per_layer, idx = getattr(config, "num_attention_heads_per_layer", None), getattr(self.attn, "layer_idx", None)
+        if isinstance(per_layer, (list, tuple)) and isinstance(idx, int) and idx < len(per_layer):
+            return per_layer[idx]
+        return config.num_attention_heads
 
     def _rotary_dims(self, config) -> int | None:
         """Dims of a head RoPE rotates where that is fewer than all (partial rotary, MLA's rope part), else None."""
