@@ -58,6 +58,8 @@ OVERRIDES: dict[str, dict] = {
     "jamba": dict(attn_layer_period=2, attn_layer_offset=1),
     "bamba": dict(attn_layer_indices=[1, 3]),
     "deepseek_v2": dict(num_experts_per_tok=2),
+    "dots1": dict(n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1),  # None by default
+    "lfm2_moe": dict(layer_types=["conv", "full_attention", "conv", "full_attention"]),  # None by default
 }
 """model_type -> attributes set after `SIZES`, for what the generic shrink gets wrong."""
 
