@@ -69,6 +69,10 @@ def _mla_complex(cfg) -> FamilySpec:
     return replace(_mla(cfg), rope_style="pairs_complex")
 
 
+_GIT_LOSS = (
+    "its causal-LM loss skips the first `image_patch_tokens` positions for its own image encoder even without"
+    " pixel values, so a text loss over CASA's prompt is wrong; and its q/k/v sit one level below the attention"
+)
 _NO_CACHE = "its attention keeps no KV cache, so generate() cannot carry CASA's window state"
 _OWN_CACHE = "it keeps its own cache class for lightning attention, which cannot carry CASA's window cache"
 _QK_NORM = dict(q_norm="q_norm", k_norm="k_norm")
@@ -106,6 +110,7 @@ FAMILIES: dict[str, SpecEntry] = {
     "gptj": FamilySpec(**_GPTJ),
     "codegen": FamilySpec(layout="sharded_qvk", qkv="qkv_proj", shards=4, **_GPTJ),
     "llama4_text": _LLAMA4,
+    "git": FamilySpec(unsupported=_GIT_LOSS),
     "openai-gpt": FamilySpec(unsupported=_NO_CACHE),
     "minimax": FamilySpec(unsupported=_OWN_CACHE),
     "deepseek_v2": _mla_complex,
