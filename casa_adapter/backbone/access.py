@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from casa_adapter.backbone.families import FamilySpec, UnsupportedModelError, text_config
-from casa_adapter.backbone.layouts import split_qkv
+from casa_adapter.backbone.layouts import split_qkv, split_sharded
+from casa_adapter.backbone.rotary import rotate_pairs
 
 
 def _base(module: nn.Module) -> nn.Module:
@@ -49,13 +50,24 @@ def _generic_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
     return rot(q), rot(k)
 
 
+class HeadNorm(nn.Module):
+    """A weightless norm applied to each head of a (B, T, n*hd) tensor (Llama 4's q/k L2 norm)."""
+
+    def __init__(self, norm: nn.Module, head_dim: int):
+        super().__init__()
+        self.norm, self.head_dim = norm, head_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.unflatten(-1, (-1, self.head_dim))).flatten(-2)  # (B, T, n*hd)
+
+
 class AttentionAccess:
     """Reads one block's self-attention: head geometry, projections, norms and its RoPE function."""
 
     def __init__(self, attn: nn.Module, spec: FamilySpec, config, model_type: str):
         config = text_config(config)
         self.attn, self.spec = attn, spec
-        self.num_heads = config.num_attention_heads
+        self.num_heads = self._heads_here(config)
         self.hidden_size = config.hidden_size
         self.head_dim = spec.head_dim or getattr(attn, "head_dim", None) or config.hidden_size // self.num_heads
         self.num_kv_heads = spec.kv_heads or self._kv_heads(config)
@@ -67,14 +79,25 @@ class AttentionAccess:
             self.scaling = default_scaling if own else float(getattr(attn, "scaling", default_scaling))
         self.rotary_dims = self._rotary_dims(config)
         self.rope_fn: Callable | None = None
-        if spec.rope:
-            self.rope_fn = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", _generic_rope)
+        if spec.rope and getattr(attn, "use_rope", True):  # Llama 4's NoPE blocks: `use_rope` False
+            own = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", _generic_rope)
+            self.rope_fn = own if spec.rope_style == "half" else rotate_pairs
         self._check(model_type)
+
+    def _heads_here(self, config) -> int:
+        """Query heads of this block: the config's per-layer count where it has one (Laguna), else the global one."""
+        per_layer, idx = getattr(config, "num_attention_heads_per_layer", None), getattr(self.attn, "layer_idx", None)
+        if isinstance(per_layer, (list, tuple)) and isinstance(idx, int) and idx < len(per_layer):
+            return per_layer[idx]
+        return config.num_attention_heads
 
     def _rotary_dims(self, config) -> int | None:
         """Dims of a head RoPE rotates where that is fewer than all (partial rotary, MLA's rope part), else None."""
         if self.spec.layout == "own":
             return getattr(config, "qk_rope_head_dim", None)
+        absolute = getattr(self.attn, "rotary_dim", None)  # GPT-J, CodeGen: a width, None for all dims
+        if isinstance(absolute, int):
+            return absolute if absolute < self.head_dim else None
         params = getattr(config, "rope_parameters", None) or {}
         factor = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
         return int(self.head_dim * factor) if factor < 1 else None
@@ -135,6 +158,8 @@ class AttentionAccess:
         return pick(weight), None if bias is None else pick(bias)
 
     def _split(self, x: torch.Tensor, dim: int):
+        if self.spec.layout == "sharded_qvk":
+            return split_sharded(x, self.spec.shards, dim)
         grouped = self.spec.layout == "grouped_qkv"
         return split_qkv(x, grouped, self.num_heads, self.num_kv_heads, self.head_dim, dim)
 
@@ -172,7 +197,11 @@ class AttentionAccess:
     def norm_copies(self) -> tuple[nn.Module | None, nn.Module | None]:
         """Deep copies of the q/k norms (None where the family has none)."""
         get = lambda n: copy.deepcopy(getattr(self.attn, n)) if n and hasattr(self.attn, n) else None
-        return get(self.spec.q_norm), get(self.spec.k_norm)
+        return self._per_head(get(self.spec.q_norm)), self._per_head(get(self.spec.k_norm))
+
+    def _per_head(self, norm: nn.Module | None) -> nn.Module | None:
+        """`norm` as CASA applies it: wrapped in a `HeadNorm` where the spec says the norms act per head."""
+        return HeadNorm(norm, self.head_dim) if norm is not None and self.spec.head_norms else norm
 
     def live_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v from the block's own projections (LoRA included): (B, T, q_size), (B, T, kv_size) x2."""
@@ -190,7 +219,7 @@ class AttentionAccess:
 
     def live_norms(self) -> tuple[nn.Module | None, nn.Module | None]:
         get = lambda n: getattr(self.attn, n) if n and hasattr(self.attn, n) else None
-        return get(self.spec.q_norm), get(self.spec.k_norm)
+        return self._per_head(get(self.spec.q_norm)), self._per_head(get(self.spec.k_norm))
 
 
 __all__ = ["AttentionAccess"]

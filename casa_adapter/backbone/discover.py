@@ -7,9 +7,11 @@
 3. **projections**: `q_proj`/`k_proj`/`v_proj` (`separate`), else a stacked `qkv_proj` (`fused_qkv`) or a
    GPT-2 `Conv1D` `c_attn` (`conv1d_qkv`), with the first output projection of `OUT_NAMES`; multi-head
    latent attention (`kv_a_proj_with_mqa`, `q_a_proj`) gets `own` projections; q/k norms by name;
-4. **rope**: `True` when the attention's `forward` takes `position_embeddings`. An attention that computes
-   its rotary embedding itself (it holds a `rotary_emb` module and takes no `position_embeddings`) is
-   refused: CASA could not give image keys the positions self-attention uses.
+4. **rope**: `True` when the attention's `forward` takes `position_embeddings`; where it declares them
+   optional (`... | None`: NoPE blocks get None, as in Beam and LaraMini) CASA uses no positions in the
+   blocks that get none (`rope_optional`). An attention that computes its rotary embedding itself (it holds
+   a `rotary_emb` module and takes no `position_embeddings`) is refused: CASA could not give image keys
+   the positions self-attention uses.
 
 Grouped fused projections (`query_key_value` of GPT-NeoX and friends) cannot be told from stacked ones by
 name, so the fallback never guesses them: those families are table entries.
@@ -88,7 +90,9 @@ def structural_spec(llm: nn.Module, model_type: str) -> FamilySpec:
             " attention model, or its attention needs a FamilySpec (docs/adding-a-family.md)."
         )
     name, attn, fields = found
-    takes_positions = "position_embeddings" in inspect.signature(type(attn).forward).parameters
+    positions = inspect.signature(type(attn).forward).parameters.get("position_embeddings")
+    takes_positions = positions is not None
+    optional = takes_positions and "None" in str(positions.annotation)
     if not takes_positions and isinstance(getattr(attn, "rotary_emb", None), nn.Module):
         raise UnsupportedModelError(
             f"model_type {model_type!r}: {type(attn).__name__} computes its rotary embedding itself and takes no"
@@ -96,7 +100,10 @@ def structural_spec(llm: nn.Module, model_type: str) -> FamilySpec:
             " FamilySpec (docs/adding-a-family.md)"
         )
     norms = next((n for n in NORM_NAMES if hasattr(attn, n[0]) and hasattr(attn, n[1])), (None, None))
-    spec = FamilySpec(blocks=path, attention=name, q_norm=norms[0], k_norm=norms[1], rope=takes_positions, **fields)
+    spec = FamilySpec(
+        blocks=path, attention=name, q_norm=norms[0], k_norm=norms[1], rope=takes_positions, rope_optional=optional,
+        **fields,
+    )  # fmt: skip
     if spec.layout == "own":
         cfg = text_config(llm.config)
         head_dim = getattr(cfg, "v_head_dim", None) or getattr(attn, "head_dim", None)

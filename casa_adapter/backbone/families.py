@@ -14,6 +14,7 @@ attention module the spec can read, and CASA placement (`every`, `layers`) count
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from torch import nn
 
@@ -63,13 +64,22 @@ def _mla(cfg) -> FamilySpec:
     return FamilySpec(layout="own", head_dim=cfg.v_head_dim, kv_heads=cfg.num_attention_heads)
 
 
-_ROTATE_EVERY_TWO = "its rotary embedding rotates interleaved pairs with a (sin, cos) signature CASA does not call"
-_COMPLEX_ROPE = "its rotary embedding is one complex `freqs_cis` tensor, not the (cos, sin) pair CASA applies"
+def _mla_complex(cfg) -> FamilySpec:
+    """DeepSeek-V2: multi-head latent attention whose rope part turns by a complex `freqs_cis`."""
+    return replace(_mla(cfg), rope_style="pairs_complex")
+
+
+_GIT_LOSS = (
+    "its causal-LM loss skips the first `image_patch_tokens` positions for its own image encoder even without"
+    " pixel values, so a text loss over CASA's prompt is wrong; and its q/k/v sit one level below the attention"
+)
 _NO_CACHE = "its attention keeps no KV cache, so generate() cannot carry CASA's window state"
 _OWN_CACHE = "it keeps its own cache class for lightning attention, which cannot carry CASA's window cache"
 _QK_NORM = dict(q_norm="q_norm", k_norm="k_norm")
 _GPT2 = dict(blocks="transformer.h", attention="attn", layout="conv1d_qkv", qkv="c_attn", o="c_proj", rope=False)
 _PER_HEAD = dict(layout="grouped_qkv", qkv="query_key_value", o="dense")
+_GPTJ = dict(blocks="transformer.h", attention="attn", o="out_proj", rope_style="pairs_sin_cos")
+_LLAMA4 = FamilySpec(q_norm="qk_norm", k_norm="qk_norm", head_norms=True, rope_style="pairs_complex")
 FAMILIES: dict[str, SpecEntry] = {
     "llama": FamilySpec(),
     "mistral": FamilySpec(),
@@ -97,12 +107,13 @@ FAMILIES: dict[str, SpecEntry] = {
     "qwen3_next": FamilySpec(q_gated=True, **_QK_NORM),
     "qwen3_5_text": FamilySpec(q_gated=True, **_QK_NORM),
     "qwen3_5_moe_text": FamilySpec(q_gated=True, **_QK_NORM),
-    "gptj": FamilySpec(unsupported=_ROTATE_EVERY_TWO),
-    "codegen": FamilySpec(unsupported=_ROTATE_EVERY_TWO),
-    "llama4_text": FamilySpec(unsupported=_COMPLEX_ROPE),
+    "gptj": FamilySpec(**_GPTJ),
+    "codegen": FamilySpec(layout="sharded_qvk", qkv="qkv_proj", shards=4, **_GPTJ),
+    "llama4_text": _LLAMA4,
+    "git": FamilySpec(unsupported=_GIT_LOSS),
     "openai-gpt": FamilySpec(unsupported=_NO_CACHE),
     "minimax": FamilySpec(unsupported=_OWN_CACHE),
-    "deepseek_v2": FamilySpec(unsupported=_COMPLEX_ROPE),
+    "deepseek_v2": _mla_complex,
     "deepseek_v3": _mla,
     "minicpm3": _mla,
 }  # fmt: skip

@@ -4,7 +4,9 @@
   multi-query GPT-BigCode with Hkv = 1);
 - grouped (`grouped_qkv`): Hkv groups, each [q_1 .. q_r ; k ; v] of hd rows, r = H / Hkv. Without GQA that is
   one [q ; k ; v] per head (GPT-NeoX, Bloom, Persimmon, Falcon's older layout); Falcon's new decoder
-  architecture groups per KV head, and its multi-query layout is one group.
+  architecture groups per KV head, and its multi-query layout is one group;
+- sharded (`sharded_qvk`, CodeGen): S blocks of rows, each [q_s ; v_s ; k_s] of (H*hd)/S rows, the
+  model-parallel shards it was trained with; q is the shards' q parts in order, and so are k and v.
 
 `split_qkv` works on any tensor whose `dim` runs over the fused features: a weight (rows, D) with dim 0,
 a bias with dim 0, or a projection's output (B, T, rows) with dim -1.
@@ -28,4 +30,12 @@ def split_qkv(
     return tuple(p.flatten(0, 2).movedim(0, dim) for p in parts)
 
 
-__all__ = ["split_qkv"]
+def split_sharded(x: torch.Tensor, shards: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q, k, v) parts of a `sharded_qvk` tensor along `dim` (S shards of [q_s ; v_s ; k_s])."""
+    front = x.movedim(dim, 0)  # (3*S*w, ...)
+    blocks = front.unflatten(0, (shards, 3, -1))  # (S, 3, w, ...): [q, v, k] per shard
+    parts = blocks[:, 0], blocks[:, 2], blocks[:, 1]  # (S, w, ...)
+    return tuple(p.flatten(0, 1).movedim(0, dim) for p in parts)
+
+
+__all__ = ["split_qkv", "split_sharded"]

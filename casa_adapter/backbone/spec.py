@@ -10,7 +10,9 @@ from typing import Literal
 
 from torch import nn
 
-Layout = Literal["separate", "fused_qkv", "grouped_qkv", "conv1d_qkv", "own"]
+from casa_adapter.backbone.rotary import RopeStyle
+
+Layout = Literal["separate", "fused_qkv", "grouped_qkv", "sharded_qvk", "conv1d_qkv", "own"]
 
 
 class UnsupportedModelError(ValueError):
@@ -28,7 +30,8 @@ class FamilySpec:
     layout: Layout = "separate"
     """How q/k/v are produced (`layouts.py`): `separate` q/k/v Linear; `fused_qkv`: one Linear with stacked
     [q; k; v] rows; `grouped_qkv`: one Linear whose rows come in KV groups [q_1 .. q_r, k, v] (GPT-NeoX, Bloom,
-    Falcon, Persimmon: r = 1 per head without GQA); `conv1d_qkv`: GPT-2's Conv1D, stacked; `own`: projections
+    Falcon, Persimmon: r = 1 per head without GQA); `sharded_qvk`: one Linear whose rows come in `shards` blocks,
+    each [q ; v ; k] (CodeGen's model-parallel layout); `conv1d_qkv`: GPT-2's Conv1D, stacked; `own`: projections
     CASA cannot copy (multi-head latent attention), so the CASA layer gets fresh ones of the same head count."""
     q: str = "q_proj"
     k: str = "k_proj"
@@ -38,8 +41,18 @@ class FamilySpec:
     q_norm: str | None = None
     """Per-head or full-width norm applied to queries after projection (Qwen3, Gemma3, OLMo2)."""
     k_norm: str | None = None
+    head_norms: bool = False
+    """The q/k norms hold no weight and act on each head (Llama 4's L2 norm): CASA applies them per head."""
     rope: bool = True
     """Whether the family uses rotary embeddings passed to attention as `position_embeddings`."""
+    rope_style: RopeStyle = "half"
+    """What `position_embeddings` holds and how it rotates (`rotary.py`): `half` (cos, sin) rotate-half, `pairs_sin_cos`
+    (GPT-J, CodeGen) or `pairs_complex` (one complex `freqs_cis`: Llama 4, DeepSeek-V2) rotating adjacent pairs."""
+    rope_optional: bool = False
+    """Some blocks get `position_embeddings=None` and use no positions there (NoPE layers: Beam, LaraMini); CASA
+    does the same in those blocks. Otherwise a RoPE family whose attention gets none is an error."""
+    shards: int = 1
+    """Row blocks of a `sharded_qvk` projection (CodeGen: 4)."""
     kv_heads: int | None = None
     """KV head count where the config's `num_key_value_heads` does not say it (multi-query layouts)."""
     head_dim: int | None = None

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from casa_adapter.backbone.access import AttentionAccess
+from casa_adapter.backbone.rotary import rope_tables
 from casa_adapter.casa.cache import LayerCache
 from casa_adapter.casa.kernels import KERNELS
 from casa_adapter.casa.windows import CasaInputs
@@ -45,6 +46,7 @@ class CasaLayer(nn.Module):
         self.num_heads, self.num_kv_heads = access.num_heads, access.num_kv_heads
         self.head_dim, self.scaling = access.head_dim, access.scaling
         self.rope_fn = access.rope_fn if self.uses_rope else None
+        self.rope_style, self.rope_optional = access.spec.rope_style, access.spec.rope_optional
         self.rotary_dims = access.rotary_dims
 
     # -- what a variant provides ----------------------------------------------------------
@@ -84,7 +86,7 @@ class CasaLayer(nn.Module):
         k, v = self.project_images(tokens)  # (B, I, Hkv*hd)
         k = self._heads(k, self.num_kv_heads, self.qk_norms()[1])  # (B, Hkv, I, hd)
         v = self._heads(v, self.num_kv_heads, None)
-        if self.rope_fn is not None:
+        if cos is not None:
             B, I = inputs.image_start.shape
             at = inputs.image_start.unsqueeze(-1).expand(B, I, cos.shape[-1])  # (B, I, rd)
             cos_i = cos.expand(B, -1, -1).gather(1, at)  # (B, I, rd)
@@ -102,15 +104,15 @@ class CasaLayer(nn.Module):
         return torch.cat((q_rot, q[..., rd:]), -1), torch.cat((k_rot, k[..., rd:]), -1)
 
     def _rotary(self, position_embeddings):
-        """(cos, sin) of this call, or (None, None) for a layer without RoPE."""
-        if self.rope_fn is None:
+        """(cos, sin) tables (B, T, w) of this call, or (None, None) for a layer without RoPE."""
+        if self.rope_fn is None or (position_embeddings is None and self.rope_optional):
             return None, None
         if position_embeddings is None:
             raise RuntimeError(
                 "this family uses RoPE but its attention got no `position_embeddings`: "
                 "CASA cannot place image keys (see docs/adding-a-family.md)"
             )
-        return position_embeddings
+        return rope_tables(self.rope_style, position_embeddings)
 
     def forward(
         self, x: torch.Tensor, inputs: CasaInputs, position_embeddings=None, cache: LayerCache | None = None
@@ -128,9 +130,9 @@ class CasaLayer(nn.Module):
         q = self._heads(q, self.num_heads, q_norm)  # (B, H, T, hd)
         if k is not None:
             k, v = self._heads(k, self.num_kv_heads, k_norm), self._heads(v, self.num_kv_heads, None)  # (B, Hkv, T, hd)
-        if self.rope_fn is not None and k is not None:
+        if cos is not None and k is not None:
             q, k = self._rope(q, k, cos, sin)
-        elif self.rope_fn is not None:
+        elif cos is not None:
             q = self._rope(q, q, cos, sin)[0]
         keys, values = ([cache.keys], [cache.values]) if has_cached else ([], [])
         if inputs.has_images:

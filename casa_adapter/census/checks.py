@@ -137,7 +137,8 @@ def _check_step(model, ids: torch.Tensor) -> None:
 def _run_checks(model_type: str, llm: nn.Module, ids_text: torch.Tensor) -> None:
     import casa_adapter
 
-    with torch.no_grad():
+    llm.requires_grad_(False)  # frozen, as wrap() leaves it: torch's matmul folds differently for a weight that
+    with torch.no_grad():  # requires grad (Jamba's `dt_proj.weight @ x`), which moves the base's logits by 1e-7
         base = llm(ids_text).logits
     model = casa_adapter.wrap(llm, vision=CensusTower())
     with torch.no_grad():

@@ -51,11 +51,15 @@ SIZES: dict[str, int] = {
     "rotary_dim": 8, "rotary_emb_dim": 8,
 }  # fmt: skip
 """Config attribute -> tiny value, set wherever the default config has the attribute (and it is not None)."""
+FILL_NONE = ("head_dim", "num_key_value_heads")
+"""`SIZES` keys set even where the default is None (a None the model code does not derive: Ministral, Nemotron)."""
 
 OVERRIDES: dict[str, dict] = {
     "jamba": dict(attn_layer_period=2, attn_layer_offset=1),
     "bamba": dict(attn_layer_indices=[1, 3]),
     "deepseek_v2": dict(num_experts_per_tok=2),
+    "dots1": dict(n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1),  # None by default
+    "lfm2_moe": dict(layer_types=["conv", "full_attention", "conv", "full_attention"]),  # None by default
 }
 """model_type -> attributes set after `SIZES`, for what the generic shrink gets wrong."""
 
@@ -80,7 +84,8 @@ def _shrink_layer_lists(cfg: PretrainedConfig, depth: int, n: int) -> None:
 def _small(cfg: PretrainedConfig, overrides: dict) -> PretrainedConfig:
     depth = next((getattr(cfg, k) for k in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(cfg, k)), 0)
     for key, value in SIZES.items():
-        if getattr(cfg, key, None) is not None and not isinstance(getattr(cfg, key), (list, dict)):
+        present = getattr(cfg, key, None) is not None or (key in FILL_NONE and hasattr(cfg, key))
+        if present and not isinstance(getattr(cfg, key), (list, dict)):
             with contextlib.suppress(AttributeError):  # a derived property (Falcon's head_dim)
                 setattr(cfg, key, value)
     if getattr(cfg, "qk_rope_head_dim", None) is not None and getattr(cfg, "head_dim", None) is not None:
@@ -124,4 +129,4 @@ def tiny_base(model_type: str, seed: int = 0) -> nn.Module:
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
-__all__ = ["LAYERS", "OVERRIDES", "SIZES", "VOCAB", "tiny_base", "tiny_config"]
+__all__ = ["FILL_NONE", "LAYERS", "OVERRIDES", "SIZES", "VOCAB", "tiny_base", "tiny_config"]

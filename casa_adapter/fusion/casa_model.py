@@ -104,6 +104,9 @@ class CasaModel(FusionModel):
             inputs = inputs.expand(expand)
         cache = CasaCache(config=self.llm.config, pending=inputs)
         generate_kwargs[cache_kwarg(self.llm)] = cache
+        if generate_kwargs.get("use_cache") is False:
+            raise ValueError("generate(use_cache=False): CASA's window state travels in the cache; decoding is cached")
+        generate_kwargs["use_cache"] = True  # where the config says False (MPT), generate re-feeds the whole prefix
         return self.llm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
 
 

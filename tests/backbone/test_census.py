@@ -33,6 +33,14 @@ REPRESENTATIVE = [
     "qwen3_next",  # hybrid with linear attention, gated q
     "nemotron_h",  # hybrid: attention is one kind of `mixer`
     "bamba",  # hybrid with mamba blocks
+    "gptj",  # (sin, cos) rotary on adjacent pairs, partial rotary_dim
+    "codegen",  # the same rotary, q/v/k in 4 model-parallel shards
+    "llama4_text",  # complex freqs_cis, per-head L2 q/k norm, NoPE blocks
+    "deepseek_v2",  # MLA with a complex freqs_cis
+    "lara_mini",  # NoPE blocks get position_embeddings=None
+    "laguna",  # per-layer query head counts
+    "mpt",  # config says use_cache=False: generate still decodes with CASA's cache
+    "jamba",  # hybrid with mamba blocks; the base compared frozen
 ]
 
 
@@ -42,7 +50,7 @@ def test_representative_types_pass(model_type):
     assert outcome.status == "pass", (outcome.check, outcome.detail)
 
 
-@pytest.mark.parametrize("model_type", ["gptj", "codegen", "llama4_text", "mamba"])
+@pytest.mark.parametrize("model_type", ["openai-gpt", "minimax", "moshi", "mamba"])
 def test_what_cannot_be_wrapped_is_refused_naming_it(model_type):
     outcome = check_type(model_type)
     if model_type in OUT_OF_SCOPE:
@@ -98,7 +106,7 @@ def test_hybrid_every_counts_attention_blocks():
 
 
 def test_report_counts_and_rewrites_the_doc(tmp_path):
-    outcomes = run_census(["llama", "mamba", "gptj"])
+    outcomes = run_census(["llama", "mamba", "openai-gpt"])
     s = summary(outcomes)
     assert (s["types"], s["built"], s["pass"], s["refused"], s["out-of-scope"]) == (3, 2, 1, 1, 1)
     doc = tmp_path / "families.md"
@@ -113,4 +121,5 @@ def test_full_census_has_no_crash():
     outcomes = run_census()
     s = summary(outcomes)
     assert s["crash"] == 0, [o for o in outcomes if o.status == "crash"]
-    assert s["pass_rate"] >= 0.85, s
+    # issue 13's target is 0.95; measured 117/124 = 0.944 (2026-12-03): this floor guards against regressions
+    assert s["pass_rate"] >= 0.94, s

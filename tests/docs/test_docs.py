@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [
     "docs/architecture.md",
     "docs/adding-a-family.md",
+    "docs/families.md",
     "docs/checkpoints.md",
     "docs/evaluation.md",
     "docs/kernels.md",
