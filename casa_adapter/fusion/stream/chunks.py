@@ -102,7 +102,7 @@ class CasaChunks:
         for b, c in enumerate(chunks):
             if c is not None:
                 ids[b, : c.n], windows[b, : c.n] = c.ids, c.windows
-        inputs = CasaInputs(windows, index)
+        inputs = CasaInputs(windows, index, text_gist=(ids == self.marker) & (windows > 0))  # gists: the markers
         with_images = [(b, c) for b, c in enumerate(chunks) if c is not None and c.images is not None]
         if with_images:
             _add_images(inputs, with_images, self.marker)
