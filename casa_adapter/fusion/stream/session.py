@@ -67,7 +67,9 @@ class StreamSession:
         pixels = self._pixels(image)  # (n, 3, S, S)
         tokens = self.model.encode_images([pixels])[0]  # (n, N, D)
         pre, post = self.batch.framing
-        items = [*([Text(pre)] if pre is not None else []), Images(tokens), *([Text(post)] if post is not None else [])]
+        items = [Images(tokens)]
+        items = ([Text(pre, framing=True)] if pre is not None else []) + items
+        items += [Text(post, framing=True)] if post is not None else []
         queued = len(self.queue)
         try:
             for item in items:
