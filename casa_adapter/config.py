@@ -126,7 +126,9 @@ class CasaSettings(_DictMixin):
     def _check_variant_options(self) -> None:
         """`replace`, `image_ffn`, `history`: values and the combinations that cannot work."""
         if self.image_ffn not in get_args(ImageFFN):
-            raise ValueError(f"CasaSettings.image_ffn must be one of {list(get_args(ImageFFN))}, got {self.image_ffn!r}")
+            raise ValueError(
+                f"CasaSettings.image_ffn must be one of {list(get_args(ImageFFN))}, got {self.image_ffn!r}"
+            )
         if self.history not in get_args(History):
             raise ValueError(f"CasaSettings.history must be one of {list(get_args(History))}, got {self.history!r}")
         if self.history_size < 1:
@@ -221,4 +223,15 @@ class ModelSettings:
     """Start from a saved adapter directory (its manifest's settings replace `casa`/`vision`/`lora`)."""
 
 
-__all__ = ["CasaSettings", "ModelSettings", "LoraSettings", "VisionSettings", "Variant", "Init", "Fusion", "Kernel", "ImageFFN", "History"]
+__all__ = [
+    "CasaSettings",
+    "ModelSettings",
+    "LoraSettings",
+    "VisionSettings",
+    "Variant",
+    "Init",
+    "Fusion",
+    "Kernel",
+    "ImageFFN",
+    "History",
+]

@@ -16,8 +16,17 @@ from transformers import DynamicCache
 from casa_adapter.casa.kernels.layout import KeyLayout
 from casa_adapter.casa.windows import CasaInputs
 
-
-ROW_FIELDS = ("keys", "values", "windows", "index", "last_window", "next_index", "gist_keys", "gist_values", "gist_windows")
+ROW_FIELDS = (
+    "keys",
+    "values",
+    "windows",
+    "index",
+    "last_window",
+    "next_index",
+    "gist_keys",
+    "gist_values",
+    "gist_windows",
+)
 """The `LayerCache` fields that hold one entry per row (dimension 0)."""
 
 

@@ -3,7 +3,8 @@
 It takes the place of the block's attention attribute and holds the original as `.sa` (wrapped,
 not subclassed, so any family works): it runs SA, then adds the CASA layer's output computed on
 the same normed input. With `CasaSettings.replace` the CASA output takes the place of SA's for the
-tokens inside windows; text before the first image (window 0) keeps SA's output. Images arrive through the LLM's `CasaChannel` (`casa/channel.py`), which holds
+tokens inside windows; text before the first image (window 0) keeps SA's output.
+Images arrive through the LLM's `CasaChannel` (`casa/channel.py`), which holds
 the `casa_inputs` the causal LM was called with; during `generate` and streaming the layer's window
 cache comes from the `CasaCache` that travels as the model's cache. The state dict keeps the base's
 keys (`self_attn.q_proj.weight`, not `self_attn.sa.q_proj.weight`), and attribute access falls

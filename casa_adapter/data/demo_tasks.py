@@ -5,8 +5,9 @@ it; question wording is drawn independently of the answer. So the question text 
 information about the answer, and a text-only model stays at chance (`Task.chance`).
 Quick to learn: `color`, `shape`, `count` (one look at one image). Harder: binding
 (`color_of`, `count_color`), reading (`digit`, `word`), reading bound to the question's words
-(`word_under`: "what is written under the red square?", where local text interaction should matter), two images (`compare`) and frame
-sequences (`video_color`, `video_motion`), which need information carried across windows.
+(`word_under`: "what is written under the red square?", where local text interaction should
+matter), two images (`compare`) and frame sequences (`video_color`, `video_motion`), which need
+information carried across windows.
 """
 
 from __future__ import annotations

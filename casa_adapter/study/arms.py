@@ -48,10 +48,7 @@ _DESIGNS = (
 
 ARMS: dict[str, Arm] = {
     **{arm.name: arm for arm in _DESIGNS},
-    **{
-        f"{arm.name}_lora": Arm(f"{arm.name}_lora", f"{arm.label} + LoRA", {**arm.recipe, **LORA})
-        for arm in _DESIGNS
-    },
+    **{f"{arm.name}_lora": Arm(f"{arm.name}_lora", f"{arm.label} + LoRA", {**arm.recipe, **LORA}) for arm in _DESIGNS},
     "text_only": Arm(
         "text_only",
         "text-only control (images blanked)",

@@ -90,7 +90,7 @@ def plot(summaries: list[dict], folder: Path) -> list[Path]:
     paths.append(folder / "qtype_accuracy.png")
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     budgets = [b for b in ("steps", "time") if aggregate(summaries, b)]
-    for k, budget in enumerate(budgets):
+    for budget in budgets:
         rows = aggregate(summaries, budget)
         ax.errorbar(
             [r["arm"] for r in rows],
@@ -113,10 +113,7 @@ def plot(summaries: list[dict], folder: Path) -> list[Path]:
 def accuracy_table(rows: list[dict], chance: dict[str, float] | None, budget: str) -> list[str]:
     qtypes = sorted({q for r in rows for q in r["qtypes"]})
     extra = "steps" if budget == "time" else "s/step"
-    lines = [
-        f"| arm | seeds | {extra} | overall | " + " | ".join(qtypes) + " |",
-        "|---" * (len(qtypes) + 4) + "|",
-    ]
+    lines = [f"| arm | seeds | {extra} | overall | " + " | ".join(qtypes) + " |", "|---" * (len(qtypes) + 4) + "|"]
     for r in rows:
         cost = f"{r['steps_done']:.0f}" if budget == "time" else _num(r["step_seconds"])
         lines.append(
@@ -140,7 +137,9 @@ def _num(x: float | None) -> str:
 def cost_table(rows: list[dict]) -> list[str]:
     lines = ["| arm | trainable params | train wall (min, mean) | s/step |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['trainable']:,} | {r['train_seconds'] / 60:.1f} | {_num(r['step_seconds'])} |")
+        lines.append(
+            f"| {r['label']} | {r['trainable']:,} | {r['train_seconds'] / 60:.1f} | {_num(r['step_seconds'])} |"
+        )
     return lines
 
 
@@ -148,7 +147,9 @@ def _budget_section(summaries: list[dict], chance, budget: str, settings: Any) -
     rows = aggregate(summaries, budget)
     if not rows:
         return []
-    title = f"Equal steps ({settings.steps} steps)" if budget == "steps" else f"Equal wall time ({settings.minutes} min)"
+    title = (
+        f"Equal steps ({settings.steps} steps)" if budget == "steps" else f"Equal wall time ({settings.minutes} min)"
+    )
     out = [f"## {title}", "", "Accuracy (%), mean ± standard error over seeds:", ""]
     out += accuracy_table(rows, chance, budget)
     out += ["", "Which differences the noise resolves (|difference| > 2 standard errors of the difference):", ""]
@@ -167,9 +168,7 @@ def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
     model = recipe["model"]["init_args"]["model"]
     data = recipe["data"]["init_args"]
     n_eval = summaries[0]["eval"]["count"] if summaries else 0
-    se_note = (
-        "over seeds" if all(len(r["seeds"]) > 1 for r in aggregate(summaries, "steps")) else "binomial (one seed)"
-    )
+    se_note = "over seeds" if all(len(r["seeds"]) > 1 for r in aggregate(summaries, "steps")) else "binomial (one seed)"
     lines = [
         "# Design study: CASA variants, placements, LoRA and token insertion",
         "",

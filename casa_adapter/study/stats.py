@@ -9,6 +9,7 @@ is more than twice the standard error of the difference, `sqrt(se_a^2 + se_b^2)`
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ def compare(a: dict, b: dict) -> tuple[float, float, bool]:
 def orderings(rows: list[dict]) -> list[str]:
     """Markdown bullets: the ranking's neighbours and every arm against `casa`, each resolved or not."""
     ranked = sorted(rows, key=lambda r: -r["overall"].mean)
-    pairs = list(zip(ranked, ranked[1:]))
+    pairs = list(itertools.pairwise(ranked))
     casa = next((r for r in rows if r["arm"] == "casa"), None)
     if casa is not None:
         pairs += [(r, casa) for r in rows if r is not casa and (r, casa) not in pairs and (casa, r) not in pairs]

@@ -21,7 +21,13 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ["docs/architecture.md", "docs/adding-a-family.md", "docs/checkpoints.md", "docs/evaluation.md", "docs/variants.md"]
+DOCS = [
+    "docs/architecture.md",
+    "docs/adding-a-family.md",
+    "docs/checkpoints.md",
+    "docs/evaluation.md",
+    "docs/variants.md",
+]
 SELF_CONTAINED_ONLY = ["docs/vision.md", "docs/processor.md"]
 NO_TEST = "<!-- no-test -->"
 

@@ -43,7 +43,9 @@ def test_gist_session_equals_the_full_forward(options):
     for image, piece in zip(images, text[1:]):
         session.add_image(image)
         got.append(session.add_text(piece))
-    assert torch.allclose(torch.cat(got, 1)[0], full[full_ids(model, images, text)[0] != model.image_token_id], atol=1e-5)
+    assert torch.allclose(
+        torch.cat(got, 1)[0], full[full_ids(model, images, text)[0] != model.image_token_id], atol=1e-5
+    )
 
 
 def test_gist_sessions_in_one_batch_equal_each_alone_and_generate_continues_the_forward():

@@ -106,8 +106,17 @@ def test_standard_errors_and_resolved_differences():
     from casa_adapter.study.stats import aggregate, compare
 
     def run(arm, seed, acc):
-        return {"arm": arm, "label": arm, "seed": seed, "budget": "steps", "steps": 4, "train_seconds": 1.0,
-                "step_seconds": 0.1, "trainable": 1, "eval": {"overall": acc, "count": 600, "qtypes": {"a": acc}}}
+        return {
+            "arm": arm,
+            "label": arm,
+            "seed": seed,
+            "budget": "steps",
+            "steps": 4,
+            "train_seconds": 1.0,
+            "step_seconds": 0.1,
+            "trainable": 1,
+            "eval": {"overall": acc, "count": 600, "qtypes": {"a": acc}},
+        }
 
     rows = aggregate([run("x", 0, 0.60), run("x", 1, 0.62), run("x", 2, 0.64), run("y", 0, 0.40)], "steps")
     x, y = rows

@@ -60,7 +60,8 @@ class StreamSession:
     def put_image(self, image: ImageLike | list[ImageLike]) -> None:
         """Queue one frame, or a list of images. Images put back to back (no text between them) open one
         window together, as adjacent markers do in one forward. With framing (`model.stream(pre_image=,
-        post_image=)`) the framing text goes before and after each call, so each call opens its own window. The rule of `forward(images=)` holds: a
+        post_image=)`) the framing text goes before and after each call, so each call opens its own window.
+        The rule of `forward(images=)` holds: a
         tensor is preprocessed pixels (3, H, W), taken as it is; a PIL image or an ndarray goes through
         `model.vision.transform`."""
         self._check_open()
