@@ -14,7 +14,7 @@ from casa_adapter.study import main
 
 from recipe_runs import tiny_recipe, write_recipe
 
-ARMS = ("casa", "replace_lora", "text_only")
+ARMS = ("replace_lora", "text_only")
 STEPS, VAL_EVERY, N_VAL, SEEDS, MINUTES = 4, 2, 24, (0, 1), 0.05
 
 
@@ -93,10 +93,10 @@ def test_text_only_control_sees_no_image(study):
 def test_report_tables_and_plots(study):
     report = (study / "docs" / "results.md").read_text()
     assert "## Equal steps (4 steps)" in report and "## Equal wall time (0.05 min)" in report
-    for label in ("CASA (image + window-text keys)", "CASA replacing SA (CA-replace) + LoRA", "text-only control"):
+    for label in ("CASA replacing SA (CA-replace) + LoRA", "text-only control (images blanked)"):
         assert report.count(f"| {label} | 2 |") == 2  # two seeds, in both budgets' accuracy tables
     assert "| chance |" in report and " ± " in report and "standard errors are over seeds" in report
-    assert "- replace_lora - casa:" in report or "- casa - replace_lora:" in report
+    assert "- replace_lora - text_only:" in report or "- text_only - replace_lora:" in report
     for name in ("val_accuracy.png", "val_loss.png", "qtype_accuracy.png", "arm_accuracy.png"):
         data = (study / "docs" / "results" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and f"results/{name}" in report
@@ -133,7 +133,7 @@ def test_report_only_and_errors(study, capsys):
                 "--recipe",
                 str(study / "recipe.yaml"),
                 "--arms",
-                "casa",
+                "replace_lora",
                 "--seeds",
                 "0,1",
                 "--work",
@@ -145,7 +145,7 @@ def test_report_only_and_errors(study, capsys):
         )
         == 0
     )
-    assert "CASA (image + window-text keys)" in out.read_text()
+    assert "CASA replacing SA (CA-replace) + LoRA" in out.read_text()
     assert "## Equal wall time" not in out.read_text()  # no --minutes: the equal-steps runs only
     assert main(["--arms", "casa,nope", "--report-only", "--work", str(study / "work")]) == 2
     assert "unknown study arm(s) ['nope']" in capsys.readouterr().err
