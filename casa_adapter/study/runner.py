@@ -2,7 +2,8 @@
 `casa-adapter eval`.
 
 Budgets: `steps` (every arm the same number of optimizer steps) and, with `StudySettings.minutes`,
-`time` (every arm the same training wall time, whatever steps that buys). Each run gets
+`time` (every arm the same training wall time, whatever steps that buys; the learning-rate schedule
+is the equal-steps one, decaying over `steps` and held at its floor after that). Each run gets
 `WORK/ARM/BUDGET-seedN/`: `recipe.yaml` (the recipe it ran), `logs/metrics.csv` (Lightning's CSV
 log: validation curves, throughput), `adapter/final`, `eval.json` + `preds.jsonl` (greedy answers on
 the validation shards, per question type) and `summary.json` (what the report reads). Training runs
@@ -109,6 +110,8 @@ def arm_recipe(
         callbacks=[],
     )
     config["adapter"] = {"dirpath": str(arm_dir / "adapter")}
+    if timed:  # the equal-steps runs' schedule (decay over `steps`), held at its floor after that
+        set_path(config, "model.init_args.optim.total_steps", settings.steps)
     changes = dict(settings.overrides)
     if settings.base is not None:
         changes["model.init_args.model.base"] = settings.base

@@ -79,6 +79,8 @@ def test_every_run_did_its_own_recipe_seed_and_budget(study):
             assert summary["trainable"] > 0 and summary["peak_rss_mb"] > 100 and summary["step_seconds"] > 0
             timed = yaml.safe_load((study / "work" / arm / f"time-seed{seed}" / "recipe.yaml").read_text())
             assert timed["trainer"]["max_time"] == "00:00:00:03" and timed["trainer"]["max_steps"] == -1
+            assert timed["model"]["init_args"]["optim"]["total_steps"] == STEPS
+            assert json.loads((run.parent / f"time-seed{seed}" / "summary.json").read_text())["steps_done"] >= 1
 
 
 def test_text_only_control_sees_no_image(study):
