@@ -56,9 +56,10 @@ families (casa-adapter families --help):
   families [--census]      the family table; --census: every causal-LM type built tiny, wrapped and
                            checked, the table printed and written into docs/families.md
 
-fidelity study (casa-adapter study --help):
-  study [--arms casa,ca,shared,insertion,text_only] [--steps N]   train each arm from one recipe,
-                           evaluate, write docs/results.md with tables and plots
+design study (casa-adapter study --help):
+  study [--arms casa,replace_lora,...] [--seeds 0,1,2] [--steps N] [--minutes M]   train each arm and
+                           seed from one recipe (equal steps, and equal wall time with --minutes),
+                           evaluate, write docs/results.md with mean ± SE tables and plots
 """
 
 LIGHTNING_COMMANDS = ("fit", "validate")  # predictions on shards: `casa-adapter eval`

@@ -22,6 +22,8 @@ Variant = Literal["casa", "ca", "shared"]
 Init = Literal["zero", "copy"]
 Fusion = Literal["casa", "insertion"]
 Kernel = Literal["auto", "windowed", "flex", "sdpa", "reference"]
+ImageFFN = Literal["none", "frozen", "new"]
+History = Literal["none", "gist"]
 
 
 class _DictMixin:
@@ -82,9 +84,36 @@ class CasaSettings(_DictMixin):
     flash-attn, torch's flex_attention on CUDA without it, windowed SDPA on CPU, dense SDPA for
     one-token decode steps; `windowed`, `flex`, `sdpa`, `reference` force one (docs/kernels.md)."""
 
+    replace: bool = False
+    """False (the paper's default): the CASA layer runs in parallel with the block's self-attention and
+    the outputs are summed. True (the paper's CA-replace): in a CASA block, a token inside a window
+    gets the CASA layer's output *instead of* self-attention's, so that block's attention sees only
+    the window's images and text; text before the first image (window 0) keeps the block's own
+    self-attention, as in the base LLM. Self-attention still runs on every token (its KV cache and the
+    window-0 text need it). Needs `init="copy"`: a zero output projection would cut the block's
+    attention."""
+
+    image_ffn: ImageFFN = "none"
+    """`none`: image tokens reach the k/v projections as the projector gives them (after `image_norm`).
+    `frozen`: they first go through the block's own feed-forward with its residual,
+    `x + FFN(norm2(x))` (the paper's CA+FFN; frozen, no new parameters). `new`: the same through a
+    trainable copy of the block's FFN and its norm (in the `casa` group). Costs one FFN pass over the
+    image tokens per CASA layer and window (docs/variants.md has the measurement)."""
+
+    history: History = "none"
+    """`none`: a window sees its own images and text only. `gist`: each CASA layer also keeps the
+    keys/values of the last `history_size` gist tokens of earlier windows visible to later windows
+    (video). A window's gist tokens are its image markers, the one text position each image takes,
+    which attend to the image in every CASA layer. Streaming keeps at most `history_size` of them per
+    layer, whatever the number of frames. Needs text keys (`casa` or `shared`) and unpacked rows."""
+
+    history_size: int = 4
+    """With `history="gist"`: how many gist tokens of earlier windows a window sees (the latest ones)."""
+
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError(f"CasaSettings.every must be >= 1, got {self.every}")
+        self._check_variant_options()
         if self.variant not in ("casa", "ca", "shared"):
             raise ValueError(f"CasaSettings.variant must be 'casa', 'ca' or 'shared', got {self.variant!r}")
         if self.init not in ("zero", "copy"):
@@ -93,6 +122,27 @@ class CasaSettings(_DictMixin):
             raise ValueError(f"CasaSettings.fusion must be 'casa' or 'insertion', got {self.fusion!r}")
         if self.kernel not in get_args(Kernel):
             raise ValueError(f"CasaSettings.kernel must be one of {list(get_args(Kernel))}, got {self.kernel!r}")
+
+    def _check_variant_options(self) -> None:
+        """`replace`, `image_ffn`, `history`: values and the combinations that cannot work."""
+        if self.image_ffn not in get_args(ImageFFN):
+            raise ValueError(
+                f"CasaSettings.image_ffn must be one of {list(get_args(ImageFFN))}, got {self.image_ffn!r}"
+            )
+        if self.history not in get_args(History):
+            raise ValueError(f"CasaSettings.history must be one of {list(get_args(History))}, got {self.history!r}")
+        if self.history_size < 1:
+            raise ValueError(f"CasaSettings.history_size must be >= 1, got {self.history_size}")
+        if self.replace and self.init == "zero":
+            raise ValueError(
+                "CasaSettings.replace=True needs init='copy': in a replaced block the CASA layer is the only "
+                "attention of windowed text, and init='zero' would start it with a zero output"
+            )
+        if self.history == "gist" and self.variant == "ca":
+            raise ValueError(
+                "CasaSettings.history='gist' keeps text keys of earlier windows, and variant 'ca' has no text "
+                "keys; use variant='casa' or 'shared'"
+            )
 
 
 @dataclass
@@ -173,4 +223,15 @@ class ModelSettings:
     """Start from a saved adapter directory (its manifest's settings replace `casa`/`vision`/`lora`)."""
 
 
-__all__ = ["CasaSettings", "ModelSettings", "LoraSettings", "VisionSettings", "Variant", "Init", "Fusion", "Kernel"]
+__all__ = [
+    "CasaSettings",
+    "ModelSettings",
+    "LoraSettings",
+    "VisionSettings",
+    "Variant",
+    "Init",
+    "Fusion",
+    "Kernel",
+    "ImageFFN",
+    "History",
+]

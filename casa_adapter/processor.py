@@ -5,7 +5,9 @@ chat template, cut at placeholders and at assistant-turn boundaries, and each pi
 its own (no added special tokens: templates carry their own BOS). Each placeholder becomes one
 `image_token_id` marker: one past the LLM's embedding table, it takes one text position and
 opens the image's window (consecutive markers: several images at one point). Labels keep the
-assistant turns (answer + end-of-turn tokens), -100 elsewhere. See docs/processor.md.
+assistant turns (answer + end-of-turn tokens), -100 elsewhere. Optional framing text
+(`pre_image`, `post_image`, as Kyutai's processors use) goes before and after each run of adjacent
+markers, so there is always text right after an image to read it. See docs/processor.md.
 
     >>> proc = Processor.from_model(model, tokenizer)  # doctest: +SKIP
     >>> batch = proc.collate([proc(s["conversations"], s["images"]) for s in samples])  # doctest: +SKIP
@@ -47,6 +49,9 @@ class Processor:
         system_prompt: `...` (default) keeps the chat's own system message or the template's
             default; a string is used as the system message when the chat has none; None drops
             the chat's system messages (a template with a built-in default still adds it).
+        pre_image, post_image: text put right before / after each run of adjacent placeholders (one
+            window), tokenised on its own, never trained (-100 labels); "" (default) for none. Give a
+            streaming session the same framing with `model.stream(**proc.framing_ids())`.
 
     Example:
         >>> proc = Processor(tok, image_token_id=len(tok), image_transform=to_tensor)  # doctest: +SKIP
@@ -64,6 +69,8 @@ class Processor:
         placeholder: str = "<image>",
         max_length: int | None = None,
         system_prompt: Any = KEEP,
+        pre_image: str = "",
+        post_image: str = "",
     ) -> None:
         if not placeholder:
             raise ValueError("placeholder must be a non-empty string")
@@ -73,6 +80,7 @@ class Processor:
         self.placeholder = placeholder
         self.max_length = max_length
         self.system_prompt = system_prompt
+        self.pre_image, self.post_image = pre_image, post_image
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, **kw: Any) -> Processor:
@@ -178,13 +186,24 @@ class Processor:
             spans.append((len(head), len(turn)))
         return spans
 
+    def framing_ids(self) -> dict[str, list[int]]:
+        """`pre_image` / `post_image` as token ids: the keywords of `model.stream(...)` for the same framing."""
+        return {"pre_image": self._encode(self.pre_image), "post_image": self._encode(self.post_image)}
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+
     def _tokenize(self, pieces: list[_Piece]) -> tuple[list[int], list[int]]:
-        """Token ids and labels for the pieces; one marker per placeholder."""
+        """Token ids and labels for the pieces; one marker per placeholder, framing around each run of them."""
         ids: list[int] = []
         labels: list[int] = []
-        for piece in pieces:
+        framing = self.framing_ids()
+        for k, piece in enumerate(pieces):
             if piece.text is None:
-                piece_ids = [self.image_token_id]
+                first = k == 0 or pieces[k - 1].text is not None
+                last = k == len(pieces) - 1 or pieces[k + 1].text is not None
+                piece_ids = (framing["pre_image"] if first else []) + [self.image_token_id]
+                piece_ids += framing["post_image"] if last else []
             else:
                 piece_ids = list(self.tokenizer.encode(piece.text, add_special_tokens=False))
             ids.extend(piece_ids)

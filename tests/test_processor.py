@@ -239,3 +239,18 @@ def test_smollm2_template():
     assert "<|im_start|>user\n<image>\nWhat is in the image?<|im_end|>" in text
     assert labelled_runs(proc, out) == ["A cat on a red chair.<|im_end|>\n", "Red.<|im_end|>\n"]
     assert out["input_ids"].max().item() == len(tok) == 49152
+
+
+def test_framing_goes_around_each_run_of_markers_and_is_never_trained(tok):
+    framed = Processor(tok, image_token_id=len(tok), image_transform=to_tensor, pre_image="<img>", post_image="</img>")
+    plain = Processor(tok, image_token_id=len(tok), image_transform=to_tensor)
+    chat = [{"role": "user", "content": "A <image><image> and B <image>?"}, {"role": "assistant", "content": "No."}]
+    out, base = framed(chat, [image(1), image(2), image(3)]), plain(chat, [image(1), image(2), image(3)])
+    pre, post = framed.framing_ids()["pre_image"], framed.framing_ids()["post_image"]
+    assert pre and post
+    ids, M = out["input_ids"].tolist(), len(tok)
+    first = ids.index(M)
+    assert ids[first - len(pre) : first] == pre and ids[first + 1] == M  # one pre before the run of two
+    assert ids[first + 2 : first + 2 + len(post)] == post
+    assert len(ids) == len(base["input_ids"]) + 2 * (len(pre) + len(post))  # two runs framed
+    assert labelled_runs(framed, out) == labelled_runs(plain, base)  # framing carries no loss

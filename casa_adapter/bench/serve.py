@@ -49,9 +49,7 @@ class ServeBenchSettings:
     decode_tokens: int = field(default=4, metadata={"help": "answer tokens per turn"})
     model: str = field(default="tiny", metadata={"help": "tiny | smollm2-135m (real weights, offline) | a folder"})
     accelerator: str = field(default="auto", metadata={"help": "the server's device: auto | cpu | cuda"})
-    dtype: str = field(
-        default="", metadata={"help": "server dtype: float32, bfloat16, float16 (empty: as saved)"}
-    )
+    dtype: str = field(default="", metadata={"help": "server dtype: float32, bfloat16, float16 (empty: as saved)"})
     pool: int = field(default=2, metadata={"help": "siglip-tiny pooling: 2 -> 16 tokens per frame, 1 -> 64"})
     server_threads: int = field(default=0, metadata={"help": "torch threads of the server (0: torch's default)"})
     seed: int = field(default=0, metadata={"help": "seed of the frames and the new parameters"})

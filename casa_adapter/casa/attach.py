@@ -30,6 +30,7 @@ from casa_adapter.backbone.families import (
     text_config,
 )
 from casa_adapter.casa.channel import CasaChannel
+from casa_adapter.casa.ffn import ImageFFN, block_ffn
 from casa_adapter.casa.marker import MarkerEmbedding
 from casa_adapter.casa.parallel import CasaAttention
 from casa_adapter.casa.variants import build_layer
@@ -66,6 +67,8 @@ def casa_blocks(llm: nn.Module, spec: FamilySpec, settings: CasaSettings) -> lis
     indices = [attending[j] for j in layer_indices(len(attending), settings.every, settings.layers)]
     for i in indices:
         AttentionAccess(get_path(blocks[i], spec.attention), spec, llm.config, model_type)
+        if settings.image_ffn != "none":
+            block_ffn(blocks[i], model_type)
     return indices
 
 
@@ -76,7 +79,8 @@ def attach_casa(llm: nn.Module, spec: FamilySpec, settings: CasaSettings, indice
     for i in indices:
         attn = get_path(blocks[i], spec.attention)
         access = AttentionAccess(attn, spec, llm.config, llm.config.model_type)
-        set_path(blocks[i], spec.attention, CasaAttention(attn, build_layer(access, i, settings), channel))
+        ffn = None if settings.image_ffn == "none" else ImageFFN(blocks[i], llm.config.model_type, settings.image_ffn)
+        set_path(blocks[i], spec.attention, CasaAttention(attn, build_layer(access, i, settings, ffn), channel))
     llm.set_input_embeddings(MarkerEmbedding(llm.get_input_embeddings()))
     probe_casa(llm, spec, indices)
 

@@ -16,6 +16,19 @@ from transformers import DynamicCache
 from casa_adapter.casa.kernels.layout import KeyLayout
 from casa_adapter.casa.windows import CasaInputs
 
+ROW_FIELDS = (
+    "keys",
+    "values",
+    "windows",
+    "index",
+    "last_window",
+    "next_index",
+    "gist_keys",
+    "gist_values",
+    "gist_windows",
+)
+"""The `LayerCache` fields that hold one entry per row (dimension 0)."""
+
 
 @dataclass
 class LayerCache:
@@ -32,6 +45,12 @@ class LayerCache:
     """(B,) long: the window new text tokens belong to when no CasaInputs is given."""
     next_index: torch.Tensor | None = None
     """(B,) long: sequence index of the next token."""
+    gist_keys: torch.Tensor | None = None
+    """`history="gist"` only: (B, Hkv, G, hd) post-RoPE keys of the latest G <= history_size gist tokens
+    (`casa.history`), left-padded; the history the next windows see."""
+    gist_values: torch.Tensor | None = None
+    gist_windows: torch.Tensor | None = None
+    """(B, G) long window id of each kept gist; 0 = padding."""
 
     def advance(self, inputs: CasaInputs, seen: tuple[torch.Tensor, torch.Tensor, KeyLayout] | None) -> None:
         """After a call: keep only the keys of each row's current window, and where the next token continues.
@@ -53,7 +72,8 @@ class LayerCache:
         self.index = idx.gather(1, order)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.keys, self.values) if t is not None)
+        kept = (self.keys, self.values, self.gist_keys, self.gist_values)
+        return sum(t.numel() * t.element_size() for t in kept if t is not None)
 
     def continuation(self, T: int) -> CasaInputs:
         """Inputs for T new text tokens that continue the current window (a generate decode step)."""
@@ -63,13 +83,13 @@ class LayerCache:
 
     def add_row(self) -> None:
         """One more row that holds no key yet (a session joining a batch of streams)."""
-        for name in ("keys", "values", "windows", "index", "last_window", "next_index"):
+        for name in ROW_FIELDS:
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, torch.cat([t, t.new_zeros(1, *t.shape[1:])]))
 
     def reorder(self, order: torch.Tensor) -> None:
-        for name in ("keys", "values", "windows", "index", "last_window", "next_index"):
+        for name in ROW_FIELDS:
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.index_select(0, order.to(t.device)))

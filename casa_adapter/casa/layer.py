@@ -10,7 +10,10 @@ put the keys of the layer's window cache in front, and run the CASA kernel over 
 `KeyLayout`. `norm'` is the layer's own RMSNorm on image tokens (`CasaSettings.image_norm`).
 
 Where the projections come from, whether text keys take part and whether RoPE applies is the
-variant's business: the subclasses in `variants.py`, one per `CasaSettings.variant`.
+variant's business: the subclasses in `variants.py`, one per `CasaSettings.variant`. The options
+every variant shares live here: `image_ffn` (image tokens through the block's FFN, `casa/ffn.py`),
+`history="gist"` (keys of earlier windows' gist tokens, `casa/history.py`) and `replace` (read by
+`CasaAttention`: the layer's output takes the place of self-attention's inside windows).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from torch import nn
 
 from casa_adapter.backbone.access import AttentionAccess
 from casa_adapter.backbone.rotary import rope_tables
+from casa_adapter.casa import history
 from casa_adapter.casa.cache import LayerCache
+from casa_adapter.casa.ffn import ImageFFN
 from casa_adapter.casa.kernels import KERNELS
 from casa_adapter.casa.windows import CasaInputs
 from casa_adapter.config import CasaSettings
@@ -36,9 +41,17 @@ class CasaLayer(nn.Module):
     uses_rope: ClassVar[bool] = True
     """Whether queries and keys get the family's rotary embedding."""
 
-    def __init__(self, access: AttentionAccess, layer_idx: int, settings: CasaSettings):
+    def __init__(
+        self, access: AttentionAccess, layer_idx: int, settings: CasaSettings, image_ffn: ImageFFN | None = None
+    ):
         super().__init__()
-        self.layer_idx, self.kernel = layer_idx, settings.kernel
+        self.layer_idx, self.kernel, self.replace = layer_idx, settings.kernel, settings.replace
+        self.history_size = settings.history_size if settings.history == "gist" else None
+        """How many earlier gist tokens a window sees (`history="gist"`); None: no history."""
+        if (image_ffn is None) != (settings.image_ffn == "none"):
+            raise ValueError(f"image_ffn={settings.image_ffn!r} needs an ImageFFN of the block (and 'none' none)")
+        self.image_ffn = image_ffn
+        """x + FFN(norm(x)) on the image tokens before k/v (`casa/ffn.py`); None with `image_ffn="none"`."""
         ref = next(access.attn.parameters())
         self.image_norm = None  # None: image tokens reach k/v as the projector gives them
         if settings.image_norm:
@@ -82,7 +95,8 @@ class CasaLayer(nn.Module):
 
     def _image_kv(self, inputs: CasaInputs, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys/values of this call's image tokens, RoPE'd at their window start: (B, Hkv, I, hd) x2."""
-        tokens = inputs.image_tokens if self.image_norm is None else self.image_norm(inputs.image_tokens)  # (B, I, D)
+        tokens = inputs.image_tokens if self.image_ffn is None else self.image_ffn(inputs.image_tokens)  # (B, I, D)
+        tokens = tokens if self.image_norm is None else self.image_norm(tokens)
         k, v = self.project_images(tokens)  # (B, I, Hkv*hd)
         k = self._heads(k, self.num_kv_heads, self.qk_norms()[1])  # (B, Hkv, I, hd)
         v = self._heads(v, self.num_kv_heads, None)
@@ -139,17 +153,49 @@ class CasaLayer(nn.Module):
             image_k, image_v = self._image_kv(inputs, cos, sin)
             keys.append(image_k)
             values.append(image_v)
+        past = None
+        if self.history_size is not None:
+            past = self._history(inputs, cache, k, v, keys, values)
         if k is not None:
             keys.append(k)
             values.append(v)
         keys, values = torch.cat(keys, 2), torch.cat(values, 2)  # (B, Hkv, K, hd)
-        layout = inputs.key_layout((cache.windows, cache.index) if has_cached else None, k is not None)
+        layout = inputs.key_layout((cache.windows, cache.index) if has_cached else None, k is not None, past)
         y = KERNELS[self.kernel](q, keys, values, layout, self.scaling)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, H*hd)
         out = self.project_out(y) * (inputs.text_windows > 0).unsqueeze(-1).to(x.dtype)  # (B, T, D), 0 outside windows
         if cache is not None:
             cache.advance(inputs, (keys, values, layout))
         return out
+
+    def _history(self, inputs: CasaInputs, cache: LayerCache | None, k, v, keys: list, values: list):
+        """Gist history: append the history keys of the windows this call opens to `keys`/`values`, update the
+        cache's kept gists, and return the history's (windows, index) (B, Kh) for the layout (None if none).
+        k, v (B, Hkv, T, hd): this call's text keys."""
+        kept = cache is not None and cache.gist_keys is not None
+        cand_w = history.candidates(cache.gist_windows if kept else None, inputs.text_windows, inputs.text_gist)
+        cand_k = torch.cat([cache.gist_keys, k], 2) if kept else k  # (B, Hkv, G + T, hd)
+        cand_v = torch.cat([cache.gist_values, v], 2) if kept else v
+        part = None
+        if inputs.has_images:
+            plan = inputs.derived(
+                ("history", cand_w.shape[1], self.history_size),
+                lambda: history.plan(
+                    cand_w,
+                    inputs.text_windows,
+                    inputs.text_index,
+                    history.opened_windows(inputs.image_windows),
+                    self.history_size,
+                ),
+            )
+            keys.append(history.gather(cand_k, plan.select))  # (B, Hkv, Kh, hd)
+            values.append(history.gather(cand_v, plan.select))
+            part = (plan.windows, plan.index)
+        if cache is not None:
+            cache.gist_keys, cache.gist_values, cache.gist_windows = history.keep_latest(
+                cand_k, cand_v, cand_w, self.history_size
+            )
+        return part
 
 
 __all__ = ["CasaLayer"]

@@ -2,7 +2,9 @@
 
 It takes the place of the block's attention attribute and holds the original as `.sa` (wrapped,
 not subclassed, so any family works): it runs SA, then adds the CASA layer's output computed on
-the same normed input. Images arrive through the LLM's `CasaChannel` (`casa/channel.py`), which holds
+the same normed input. With `CasaSettings.replace` the CASA output takes the place of SA's for the
+tokens inside windows; text before the first image (window 0) keeps SA's output.
+Images arrive through the LLM's `CasaChannel` (`casa/channel.py`), which holds
 the `casa_inputs` the causal LM was called with; during `generate` and streaming the layer's window
 cache comes from the `CasaCache` that travels as the model's cache. The state dict keeps the base's
 keys (`self_attn.q_proj.weight`, not `self_attn.sa.q_proj.weight`), and attribute access falls
@@ -23,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from casa_adapter.backbone.state_keys import keep_base_keys
@@ -70,8 +73,15 @@ class CasaAttention(nn.Module):
         if extra is None:
             return out
         if isinstance(out, (tuple, list)):
-            return type(out)((out[0] + extra, *out[1:]))
-        return out + extra
+            return type(out)((self._combine(out[0], extra, inputs), *out[1:]))
+        return self._combine(out, extra, inputs)
+
+    def _combine(self, sa: torch.Tensor, extra: torch.Tensor, inputs: CasaInputs) -> torch.Tensor:
+        """SA + CASA (parallel); with `CasaSettings.replace`, CASA alone inside windows and SA in window 0.
+        sa, extra (B, T, D)."""
+        if not self.casa.replace:
+            return sa + extra
+        return torch.where((inputs.text_windows == 0).unsqueeze(-1), sa, extra)  # (B, T, D)
 
 
 __all__ = ["CasaAttention"]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from casa_adapter.backbone.access import AttentionAccess
+from casa_adapter.casa.ffn import ImageFFN
 from casa_adapter.casa.layer import CasaLayer
 from casa_adapter.config import CasaSettings
 
@@ -24,8 +25,8 @@ from casa_adapter.config import CasaSettings
 class OwnProjectionLayer(CasaLayer):
     """CASA with its own projections: image + local text keys (the paper's CA_t+v)."""
 
-    def __init__(self, access: AttentionAccess, layer_idx: int, settings: CasaSettings):
-        super().__init__(access, layer_idx, settings)
+    def __init__(self, access: AttentionAccess, layer_idx: int, settings: CasaSettings, image_ffn=None):
+        super().__init__(access, layer_idx, settings, image_ffn)
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = access.copies()
         self.q_norm, self.k_norm = access.norm_copies()
         if settings.init == "zero":
@@ -59,8 +60,8 @@ class CrossAttentionLayer(OwnProjectionLayer):
 class SharedProjectionLayer(CasaLayer):
     """CASA through the block's own self-attention projections, behind a learned scalar gate."""
 
-    def __init__(self, access: AttentionAccess, layer_idx: int, settings: CasaSettings):
-        super().__init__(access, layer_idx, settings)
+    def __init__(self, access: AttentionAccess, layer_idx: int, settings: CasaSettings, image_ffn=None):
+        super().__init__(access, layer_idx, settings, image_ffn)
         ref = next(access.attn.parameters())
         self.gate = nn.Parameter(
             torch.tensor(0.0 if settings.init == "zero" else 1.0, dtype=ref.dtype, device=ref.device)
@@ -89,9 +90,12 @@ VARIANTS: dict[str, type[CasaLayer]] = {
 """`CasaSettings.variant` -> the layer class."""
 
 
-def build_layer(access: AttentionAccess, layer_idx: int, settings: CasaSettings) -> CasaLayer:
-    """The CASA layer of `settings.variant` for the block whose attention `access` reads."""
-    return VARIANTS[settings.variant](access, layer_idx, settings)
+def build_layer(
+    access: AttentionAccess, layer_idx: int, settings: CasaSettings, image_ffn: ImageFFN | None = None
+) -> CasaLayer:
+    """The CASA layer of `settings.variant` for the block whose attention `access` reads (with the block's
+    `ImageFFN` when `settings.image_ffn` is not "none")."""
+    return VARIANTS[settings.variant](access, layer_idx, settings, image_ffn)
 
 
 __all__ = ["VARIANTS", "build_layer", "OwnProjectionLayer", "CrossAttentionLayer", "SharedProjectionLayer"]

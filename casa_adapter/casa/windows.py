@@ -13,7 +13,9 @@ a sample is in window 0 (no CASA contribution). Window ids are unique within a r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,6 +36,8 @@ class CasaInputs:
     """(B, I) long: window id of each image token; 0 = padding."""
     image_start: torch.Tensor | None = None
     """(B, I) long: position in this call (0..T-1) of the token that opened the image's window."""
+    text_gist: torch.Tensor | None = None
+    """(B, T) bool: the gist tokens of `CasaSettings.history="gist"` (the image markers); None = none."""
     _layouts: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -49,19 +53,34 @@ class CasaInputs:
             rep(self.image_tokens),
             rep(self.image_windows),
             rep(self.image_start),
+            rep(self.text_gist),
         )
 
-    def key_layout(self, cached: tuple[torch.Tensor, torch.Tensor] | None, text_keys: bool) -> KeyLayout:
-        """The `KeyLayout` of keys [cached ; this call's images ; this call's text if `text_keys`] for this
-        call's text queries. cached: (windows, index), each (B, Kc), of a layer's window cache, or None.
+    def derived(self, name, build: Callable[[], Any]) -> Any:
+        """`build()`, computed once per call and kept under `name` (a plan every CASA layer shares)."""
+        if name not in self._layouts:
+            self._layouts[name] = build()
+        return self._layouts[name]
+
+    def key_layout(
+        self,
+        cached: tuple[torch.Tensor, torch.Tensor] | None,
+        text_keys: bool,
+        history: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> KeyLayout:
+        """The `KeyLayout` of keys [cached ; this call's images ; history ; this call's text if `text_keys`] for
+        this call's text queries. cached: (windows, index), each (B, Kc), of a layer's window cache, or None;
+        history: (windows, index) (B, Kh) of the gist-history keys (`casa.history`), or None.
 
         Made once per call and key structure, then shared: every CASA layer of a model keeps the same
         window cache (same tokens, same rule), so the cached key count identifies the cached layout."""
-        key = (None if cached is None else cached[0].shape[1], text_keys)
+        key = (None if cached is None else cached[0].shape[1], text_keys, None if history is None else history[0].shape)
         if key not in self._layouts:
             parts = [cached] if cached is not None else []
             if self.has_images:
                 parts.append((self.image_windows, self.text_index.gather(1, self.image_start)))  # (B, I) x2
+            if history is not None:
+                parts.append(history)
             if text_keys:
                 parts.append((self.text_windows, self.text_index))
             self._layouts[key] = KeyLayout(
@@ -128,9 +147,10 @@ def build_inputs(
             raise ValueError(f"row {b}: input_ids has {pos.numel()} image markers but {n_img} images were given")
         rows.append((feats, pos))
         lengths.append(0 if feats is None else feats.shape[0] * feats.shape[1])
+    inputs = CasaInputs(windows, index, text_gist=markers & (windows > 0))
     if max(lengths, default=0) == 0:
-        return CasaInputs(windows, index)
-    return _pad_images(rows, lengths, windows, start_pos, CasaInputs(windows, index))
+        return inputs
+    return _pad_images(rows, lengths, windows, start_pos, inputs)
 
 
 def _run_start_positions(run_start: torch.Tensor) -> torch.Tensor:

@@ -133,6 +133,22 @@ def draw_text(rng: random.Random, size: int, text: str) -> Image.Image:
     return image
 
 
+def draw_labelled_squares(rng: random.Random, size: int, cells: list[tuple[str, str]]) -> Image.Image:
+    """One (colour, word) cell per column, left to right: a filled square with the word written under it."""
+    image = Image.new("RGB", (size, size), background(rng))
+    draw = ImageDraw.Draw(image)
+    width = size / len(cells)
+    f = font(max(8, round(size * 0.22)))
+    for i, (color, text) in enumerate(cells):
+        half = width * rng.uniform(0.22, 0.3)
+        cx, cy = (i + 0.5) * width + rng.uniform(-1, 1) * size / 64, size * rng.uniform(0.28, 0.34)
+        draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=jitter(rng, color))
+        left, top, right, _ = draw.textbbox((0, 0), text, font=f)
+        x = min(max(cx - (right - left) / 2 - left, i * width - left), (i + 1) * width - right)
+        draw.text((x, cy + half + size / 32 - top), text, font=f, fill=tuple(rng.randint(0, 70) for _ in range(3)))
+    return image
+
+
 def png_bytes(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")

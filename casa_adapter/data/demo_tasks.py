@@ -4,8 +4,10 @@ The answer is chosen first (balanced, see `make_demo.py`) and the images are dra
 it; question wording is drawn independently of the answer. So the question text carries no
 information about the answer, and a text-only model stays at chance (`Task.chance`).
 Quick to learn: `color`, `shape`, `count` (one look at one image). Harder: binding
-(`color_of`, `count_color`), reading (`digit`, `word`), two images (`compare`) and frame
-sequences (`video_color`, `video_motion`), which need information carried across windows.
+(`color_of`, `count_color`), reading (`digit`, `word`), reading bound to the question's words
+(`word_under`: "what is written under the red square?", where local text interaction should
+matter), two images (`compare`) and frame sequences (`video_color`, `video_motion`), which need
+information carried across windows.
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from casa_adapter.data.demo_render import COLORS, SHAPES, WORDS, Shape, background, draw_shapes, draw_text, scatter
+from casa_adapter.data.demo_render import (
+    COLORS,
+    SHAPES,
+    WORDS,
+    Shape,
+    background,
+    draw_labelled_squares,
+    draw_shapes,
+    draw_text,
+    scatter,
+)
 
 COLOR_NAMES = tuple(COLORS)
 FRAME_TIMES = [0.0, 0.5, 1.0]
@@ -102,6 +114,18 @@ def word(rng: random.Random, answer: str, size: int) -> Item:
     return Item([draw_text(rng, size, answer)], f"<image>\n{q}")
 
 
+def word_under(rng: random.Random, answer: str, size: int) -> Item:
+    """Two squares of different colours side by side, a word written under each; the question names one colour,
+    so the answer needs the question's word and the image's text read together."""
+    asked, other = rng.sample(COLOR_NAMES, 2)
+    distractor = rng.choice([w for w in WORDS if w != answer])
+    left_asked = rng.random() < 0.5
+    cells = [(asked, answer), (other, distractor)] if left_asked else [(other, distractor), (asked, answer)]
+    image = draw_labelled_squares(rng, size, cells)
+    q = _pick(rng, ["What is written under the {} square?", "Which word is under the {} square?"]).format(asked)
+    return Item([image], f"<image>\n{q}")
+
+
 def _circles_image(rng: random.Random, size: int, n: int) -> Image.Image:
     specs = [("circle", rng.choice(COLOR_NAMES)) for _ in range(n)]
     specs += [(rng.choice(SHAPES[1:]), rng.choice(COLOR_NAMES)) for _ in range(rng.randint(0, 5 - n))]
@@ -149,6 +173,7 @@ TASKS: dict[str, Task] = {
     "digit": Task(tuple("0123456789"), digit, 1 / 10),
     "word": Task(WORDS, word, 1 / len(WORDS)),
     "compare": Task(("first", "second"), compare, 1 / 2),
+    "word_under": Task(WORDS, word_under, 1 / len(WORDS)),
     "video_color": Task(COLOR_NAMES, video_color, 1 / 6),
     "video_motion": Task(("left", "right", "up", "down"), video_motion, 1 / 4),
 }

@@ -123,13 +123,19 @@ class FusionModel(nn.Module):
         return counts
 
     # -- streaming -----------------------------------------------------------------------
-    def stream(self, max_cache_tokens: int | None = None, evict: Evict = "error") -> StreamSession:
-        """A streaming session (a batch of one); see `fusion.stream` and `StreamLimits` for the bound."""
-        return self.stream_batch(max_cache_tokens, evict).open()
+    def stream(
+        self, max_cache_tokens: int | None = None, evict: Evict = "error", pre_image=None, post_image=None
+    ) -> StreamSession:
+        """A streaming session (a batch of one); see `fusion.stream` and `StreamLimits` for the bound.
+        pre_image / post_image: framing token ids put around each image (`Processor.framing_ids()`)."""
+        return self.stream_batch(max_cache_tokens, evict, pre_image, post_image).open()
 
-    def stream_batch(self, max_cache_tokens: int | None = None, evict: Evict = "error") -> StreamBatch:
-        """Many streaming sessions decoded together (`batch.open()` each); every session gets these limits."""
-        return StreamBatch(self, StreamLimits(max_cache_tokens, evict))
+    def stream_batch(
+        self, max_cache_tokens: int | None = None, evict: Evict = "error", pre_image=None, post_image=None
+    ) -> StreamBatch:
+        """Many streaming sessions decoded together (`batch.open()` each); every session gets these limits and
+        this framing (token ids before / after each `put_image`)."""
+        return StreamBatch(self, StreamLimits(max_cache_tokens, evict), pre_image, post_image)
 
     # -- inputs --------------------------------------------------------------------------
     def encode_images(self, images: ImagesArg) -> list[torch.Tensor | None]:

@@ -1,8 +1,9 @@
-"""`casa-adapter study`: the fidelity study (CASA vs cross-attention vs shared vs token insertion, plus
-a text-only control) on one recipe and one budget, written up as `docs/results.md` with plots.
+"""`casa-adapter study`: the design study (every CASA variant, placement and option, frozen and with
+LoRA, token insertion, a text-only control) on one recipe, several seeds, an equal-steps and an
+equal-wall-time budget, written up as `docs/results.md` with plots and standard errors.
 
-    casa-adapter study                          # all arms, recipes/demo.yaml, 200 steps each
-    casa-adapter study --arms casa,insertion --steps 100 --out /tmp/study.md
+    casa-adapter study --recipe recipes/study.yaml --minutes 4      # all arms, seeds 0,1,2, 200 steps + 4 min
+    casa-adapter study --arms casa,insertion --seeds 0 --steps 100 --out /tmp/study.md
     casa-adapter study --report-only            # rewrite the report from finished runs
 """
 
@@ -33,6 +34,13 @@ def parser() -> argparse.ArgumentParser:
         "--arms", default=",".join(defaults.arms), help=f"comma-separated arms from {', '.join(ARMS)} (default: all)"
     )
     p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per arm (default: %(default)s)")
+    p.add_argument("--seeds", default=",".join(map(str, defaults.seeds)), help="comma-separated (default: %(default)s)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=defaults.minutes,
+        help="also train every arm and seed this many minutes (the equal-wall-time table; default: off)",
+    )
     p.add_argument(
         "--val-every", type=int, default=defaults.val_every, help="steps between validations (default: %(default)s)"
     )
@@ -73,6 +81,8 @@ def main(argv: list[str]) -> int:
             recipe=args.recipe,
             arms=args.arms.split(","),
             steps=args.steps,
+            seeds=[int(x) for x in args.seeds.split(",")],
+            minutes=args.minutes,
             val_every=args.val_every,
             base=args.base,
             overrides=parse_overrides(args.overrides),

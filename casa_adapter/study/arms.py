@@ -1,7 +1,8 @@
 """The arms of the fidelity study: one training recipe, changed in one place per arm.
 
 Every arm trains from the same recipe (data, seed, steps, optimiser, vision tower); an arm only
-names the recipe keys it changes. The text-only control keeps the CASA model and blanks every
+names the recipe keys it changes. Every design (variant, placement, option, token insertion)
+comes frozen and with LoRA (`NAME_lora`). The text-only control keeps the CASA model and blanks every
 image (training and evaluation), so it measures what the prompts alone give away.
 """
 
@@ -28,20 +29,32 @@ class Arm:
     """Evaluate with every image replaced by a grey one (the text-only control)."""
 
 
+LORA = {"model.init_args.model.lora": {"rank": 8, "alpha": 16.0}}
+"""What a `_lora` arm adds: LoRA (rank 8) on every linear layer of the frozen LLM's blocks."""
+
+_DESIGNS = (
+    Arm("casa", "CASA (image + window-text keys)", {f"{CASA}.variant": "casa"}),
+    Arm("ca", "cross-attention (image keys only)", {f"{CASA}.variant": "ca"}),
+    Arm("shared", "CASA with SA's projections", {f"{CASA}.variant": "shared"}),
+    Arm("replace", "CASA replacing SA (CA-replace)", {f"{CASA}.replace": True, f"{CASA}.init": "copy"}),
+    Arm("ffn", "CASA, image tokens through the frozen FFN", {f"{CASA}.image_ffn": "frozen"}),
+    Arm("ffn_new", "CASA, image tokens through a new FFN", {f"{CASA}.image_ffn": "new"}),
+    Arm("gist", "CASA + gist history (k=4)", {f"{CASA}.history": "gist", f"{CASA}.history_size": 4}),
+    Arm("casa_all", "CASA in every block", {f"{CASA}.layers": None, f"{CASA}.every": 1}),
+    Arm("casa_every2", "CASA in every 2nd block", {f"{CASA}.layers": None, f"{CASA}.every": 2}),
+    Arm("insertion", "token insertion (LLaVA-style)", {f"{CASA}.fusion": "insertion"}),
+)
+"""The design arms, frozen backbone; each also has a `_lora` twin (`LORA` on top)."""
+
 ARMS: dict[str, Arm] = {
-    arm.name: arm
-    for arm in (
-        Arm("casa", "CASA (image + window-text keys)", {f"{CASA}.variant": "casa"}),
-        Arm("ca", "cross-attention (image keys only)", {f"{CASA}.variant": "ca"}),
-        Arm("shared", "CASA with SA's projections", {f"{CASA}.variant": "shared"}),
-        Arm("insertion", "token insertion (LLaVA-style)", {f"{CASA}.fusion": "insertion"}),
-        Arm(
-            "text_only",
-            "text-only control (images blanked)",
-            {f"{CASA}.variant": "casa", "data.init_args.settings.blank_images": True},
-            blank_images=True,
-        ),
-    )
+    **{arm.name: arm for arm in _DESIGNS},
+    **{f"{arm.name}_lora": Arm(f"{arm.name}_lora", f"{arm.label} + LoRA", {**arm.recipe, **LORA}) for arm in _DESIGNS},
+    "text_only": Arm(
+        "text_only",
+        "text-only control (images blanked)",
+        {f"{CASA}.variant": "casa", "data.init_args.settings.blank_images": True},
+        blank_images=True,
+    ),
 }
 """Every arm, in table order."""
 

@@ -1,19 +1,22 @@
-"""Writes the study's report: a Markdown page with the accuracy and cost tables, the issue's
-targets checked against the numbers, and matplotlib PNG plots (validation curves, per-type bars).
+"""Writes the study's report: a Markdown page with, per budget (equal steps, equal wall time), the
+accuracy per arm and question type as mean ± standard error over seeds, the cost, which differences
+the noise resolves (`stats.py`), and matplotlib PNG plots (validation curves, per-type and per-arm bars).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+
+from casa_adapter.study.stats import aggregate, orderings
 
 
 def chance_levels(recipe: dict) -> dict[str, float] | None:
@@ -29,8 +32,19 @@ def chance_levels(recipe: dict) -> dict[str, float] | None:
     return out
 
 
+def _curves(summaries: list[dict], key: str) -> dict[str, tuple[str, list[int], list[float]]]:
+    """Per arm of the equal-steps runs: (label, steps, mean over seeds of `key` at each validation point)."""
+    out: dict[str, tuple[str, dict[int, list[float]]]] = {}
+    for s in summaries:
+        if s.get("budget", "steps") == "steps":
+            points = out.setdefault(s["arm"], (s["label"], {}))[1]
+            for p in s["val"]:
+                points.setdefault(p["step"], []).append(p[key])
+    return {a: (label, sorted(pts), [statistics.fmean(pts[k]) for k in sorted(pts)]) for a, (label, pts) in out.items()}
+
+
 def plot(summaries: list[dict], folder: Path) -> list[Path]:
-    """val_accuracy.png, val_loss.png and qtype_accuracy.png in `folder`."""
+    """val_accuracy.png, val_loss.png (mean curves), qtype_accuracy.png and arm_accuracy.png (mean ± SE bars)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,112 +53,110 @@ def plot(summaries: list[dict], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for key, name, ylabel in (
-        ("accuracy", "val_accuracy.png", "validation answer accuracy"),
-        ("loss", "val_loss.png", "validation loss (answer tokens)"),
+        ("accuracy", "val_accuracy.png", "validation answer accuracy (mean over seeds)"),
+        ("loss", "val_loss.png", "validation loss (answer tokens, mean over seeds)"),
     ):
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
-        for s in summaries:
-            ax.plot([p["step"] for p in s["val"]], [p[key] for p in s["val"]], marker="o", label=s["label"])
+        fig, ax = plt.subplots(figsize=(7.0, 4.2))
+        for label, steps, values in _curves(summaries, key).values():
+            ax.plot(steps, values, marker="o", label=label)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=6)
         fig.tight_layout()
         fig.savefig(folder / name, dpi=110)
         plt.close(fig)
         paths.append(folder / name)
-    qtypes = sorted({q for s in summaries for q in s["eval"]["qtypes"]})
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    width = 0.8 / max(1, len(summaries))
-    for i, s in enumerate(summaries):
+    rows = aggregate(summaries, "steps")
+    qtypes = sorted({q for r in rows for q in r["qtypes"]})
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    width = 0.8 / max(1, len(rows))
+    for i, r in enumerate(rows):
+        stats = [r["qtypes"].get(q) for q in qtypes]
         ax.bar(
             [j + i * width for j in range(len(qtypes))],
-            [s["eval"]["qtypes"].get(q, 0) for q in qtypes],
+            [0 if st is None else st.mean for st in stats],
             width,
-            label=s["label"],
+            yerr=[0 if st is None else st.se for st in stats],
+            label=r["label"],
         )
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(qtypes))], qtypes)
-    ax.set_ylabel("greedy exact match")
+    ax.set_ylabel("greedy exact match (equal steps)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(folder / "qtype_accuracy.png", dpi=110)
     plt.close(fig)
-    return [*paths, folder / "qtype_accuracy.png"]
+    paths.append(folder / "qtype_accuracy.png")
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    budgets = [b for b in ("steps", "time") if aggregate(summaries, b)]
+    for budget in budgets:
+        rows = aggregate(summaries, budget)
+        ax.errorbar(
+            [r["arm"] for r in rows],
+            [r["overall"].mean for r in rows],
+            yerr=[2 * r["overall"].se for r in rows],
+            fmt="o",
+            capsize=3,
+            label=f"equal {'steps' if budget == 'steps' else 'wall time'} (± 2 SE)",
+        )
+    ax.set_ylabel("greedy exact match")
+    ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "arm_accuracy.png", dpi=110)
+    plt.close(fig)
+    return [*paths, folder / "arm_accuracy.png"]
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def accuracy_table(summaries: list[dict], chance: dict[str, float] | None) -> list[str]:
-    qtypes = sorted({q for s in summaries for q in s["eval"]["qtypes"]})
-    lines = ["| arm | overall | " + " | ".join(qtypes) + " |", "|---" * (len(qtypes) + 2) + "|"]
-    for s in summaries:
+def accuracy_table(rows: list[dict], chance: dict[str, float] | None, budget: str) -> list[str]:
+    qtypes = sorted({q for r in rows for q in r["qtypes"]})
+    extra = "steps" if budget == "time" else "s/step"
+    lines = [f"| arm | seeds | {extra} | overall | " + " | ".join(qtypes) + " |", "|---" * (len(qtypes) + 4) + "|"]
+    for r in rows:
+        cost = f"{r['steps_done']:.0f}" if budget == "time" else _num(r["step_seconds"])
         lines.append(
-            f"| {s['label']} | **{_pct(s['eval']['overall'])}** | "
-            + " | ".join(_pct(s["eval"]["qtypes"].get(q)) for q in qtypes)
+            f"| {r['label']} | {len(r['seeds'])} | {cost} | **{r['overall'].show()}** | "
+            + " | ".join(r["qtypes"][q].show() if q in r["qtypes"] else "-" for q in qtypes)
             + " |"
         )
     if chance:
         lines.append(
-            f"| chance | {_pct(chance['overall'])} | " + " | ".join(_pct(chance.get(q)) for q in qtypes) + " |"
+            f"| chance | | | {100 * chance['overall']:.1f} | "
+            + " | ".join("-" if q not in chance else f"{100 * chance[q]:.1f}" for q in qtypes)
+            + " |"
         )
     return lines
 
 
-def cost_table(summaries: list[dict]) -> list[str]:
-    lines = [
-        "| arm | trainable params | run wall (min) | s/step | text tokens/s | samples/s | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for s in summaries:
-        rate = "-" if s["tokens_per_s"] is None else f"{s['tokens_per_s']:.0f}"
-        step = "-" if s["step_seconds"] is None else f"{s['step_seconds']:.2f}"
-        samples = "-" if s["samples_per_s"] is None else f"{s['samples_per_s']:.1f}"
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def cost_table(rows: list[dict]) -> list[str]:
+    lines = ["| arm | trainable params | train wall (min, mean) | s/step |", "|---|---|---|---|"]
+    for r in rows:
         lines.append(
-            f"| {s['label']} | {s['trainable']:,} | {s['train_seconds'] / 60:.1f} | "
-            f"{step} | {rate} | {samples} | {s['peak_rss_mb']:,.0f} |"
+            f"| {r['label']} | {r['trainable']:,} | {r['train_seconds'] / 60:.1f} | {_num(r['step_seconds'])} |"
         )
     return lines
 
 
-def target_checks(summaries: list[dict], chance: dict[str, float] | None) -> list[str]:
-    """The issue's targets, each stated with the numbers that decide it (only for arms that ran)."""
-    acc = {s["arm"]: s["eval"]["overall"] for s in summaries}
-    out = []
-    if "casa" in acc:
-        casa = next(s for s in summaries if s["arm"] == "casa")
-        verdict = "met" if acc["casa"] >= 0.95 and casa["train_seconds"] <= 15 * 60 else "not met"
-        out.append(
-            f"- CASA >= 95% within 15 minutes of training: {verdict} ({_pct(acc['casa'])}% after "
-            f"{casa['train_seconds'] / 60:.1f} min)."
-        )
-    if {"casa", "insertion", "ca"} <= acc.keys():
-        order = acc["insertion"] >= acc["casa"] > acc["ca"]
-        out.append(
-            f"- insertion >= CASA > cross-attention: {'holds' if order else 'does not hold'} "
-            f"({_pct(acc['insertion'])} / {_pct(acc['casa'])} / {_pct(acc['ca'])})."
-        )
-        gap = 100 * (acc["insertion"] - acc["casa"])
-        out.append(
-            f"- CASA at most 3 points below insertion: {'yes' if gap <= 3 else 'no'} "
-            f"(insertion - CASA = {gap:+.1f} points)."
-        )
-    n = max((s["eval"]["count"] for s in summaries), default=0)
-    if n:
-        worst = max(math.sqrt(a * (1 - a) / n) for a in acc.values())
-        out.append(
-            f"- Noise: with {n} evaluation samples the binomial standard error of these accuracies is at "
-            f"most {100 * worst:.1f} points; differences below about twice that are not resolved."
-        )
-    if "text_only" in acc and chance:
-        diff = 100 * (acc["text_only"] - chance["overall"])
-        out.append(
-            f"- text-only control at chance: {_pct(acc['text_only'])}% vs {_pct(chance['overall'])}% "
-            f"chance ({diff:+.1f} points)."
-        )
-    return out
+def _budget_section(summaries: list[dict], chance, budget: str, settings: Any) -> list[str]:
+    rows = aggregate(summaries, budget)
+    if not rows:
+        return []
+    title = (
+        f"Equal steps ({settings.steps} steps)" if budget == "steps" else f"Equal wall time ({settings.minutes} min)"
+    )
+    out = [f"## {title}", "", "Accuracy (%), mean ± standard error over seeds:", ""]
+    out += accuracy_table(rows, chance, budget)
+    out += ["", "Which differences the noise resolves (|difference| > 2 standard errors of the difference):", ""]
+    out += orderings(rows)
+    if budget == "steps":
+        out += ["", "Cost:", "", *cost_table(rows)]
+    return [*out, ""]
 
 
 def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
@@ -156,38 +168,25 @@ def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
     model = recipe["model"]["init_args"]["model"]
     data = recipe["data"]["init_args"]
     n_eval = summaries[0]["eval"]["count"] if summaries else 0
+    se_note = "over seeds" if all(len(r["seeds"]) > 1 for r in aggregate(summaries, "steps")) else "binomial (one seed)"
     lines = [
-        "# Fidelity study: CASA vs cross-attention vs token insertion",
+        "# Design study: CASA variants, placements, LoRA and token insertion",
         "",
         f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
         f"{', CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else ', no GPU'}.",
         "",
-        f"Every arm ran the recipe `{settings.recipe}` for {settings.steps} optimizer steps with the same data, "
-        f"seed and optimiser (base `{settings.base or model.get('base')}`, "
-        f"vision `{model.get('vision', {}).get('name')}`, "
-        f"batch {data.get('settings', {}).get('batch_size')}); arms differ only in the recipe keys named in "
-        "`casa_adapter/study/arms.py`. Accuracy is greedy-decoding exact match (`casa-adapter eval`) on the "
-        f"{n_eval} validation samples; the curves are the teacher-forced answer accuracy logged during training "
-        "(every answer token right = greedy decoding reproduces the answer).",
+        f"Every arm ran the recipe `{settings.recipe}` (base `{settings.base or model.get('base')}`, vision "
+        f"`{model.get('vision', {}).get('name')}`, batch {data.get('settings', {}).get('batch_size')}) with seeds "
+        f"{settings.seeds}, for {settings.steps} optimizer steps"
+        + (f" and, separately, for {settings.minutes} minutes of training" if settings.minutes else "")
+        + "; arms differ only in the recipe keys named in `casa_adapter/study/arms.py`. Accuracy is greedy-decoding "
+        f"exact match (`casa-adapter eval`) on the {n_eval} validation samples; standard errors are {se_note}. "
+        "The curves are the teacher-forced answer accuracy logged during training.",
         "",
-        "## Accuracy (%)",
-        "",
-        *accuracy_table(summaries, chance),
-        "",
-        "## Targets",
-        "",
-        *target_checks(summaries, chance),
-        "",
-        "## Training cost",
-        "",
-        "Run wall is the whole training process (model loading and validation included); s/step, text tokens/s "
-        "and samples/s are medians over the logged optimizer steps; peak RSS is the training process's peak "
-        "resident memory (loaded model included).",
-        "",
-        *cost_table(summaries),
-        "",
-        "## Validation curves",
+        *_budget_section(summaries, chance, "steps", settings),
+        *_budget_section(summaries, chance, "time", settings),
+        "## Plots",
         "",
         *[f"![{p.stem}]({p.parent.name}/{p.name})" for p in figures],
         "",

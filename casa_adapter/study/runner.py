@@ -1,6 +1,10 @@
-"""Runs the study: per arm, train from the shared recipe in a child process, then `casa-adapter eval`.
+"""Runs the study: per arm, seed and budget, train from the shared recipe in a child process, then
+`casa-adapter eval`.
 
-Each arm gets `WORK/ARM/`: `recipe.yaml` (the recipe it ran), `logs/metrics.csv` (Lightning's CSV
+Budgets: `steps` (every arm the same number of optimizer steps) and, with `StudySettings.minutes`,
+`time` (every arm the same training wall time, whatever steps that buys; the learning-rate schedule
+is the equal-steps one, decaying over `steps` and held at its floor after that). Each run gets
+`WORK/ARM/BUDGET-seedN/`: `recipe.yaml` (the recipe it ran), `logs/metrics.csv` (Lightning's CSV
 log: validation curves, throughput), `adapter/final`, `eval.json` + `preds.jsonl` (greedy answers on
 the validation shards, per question type) and `summary.json` (what the report reads). Training runs
 in a child process so that each arm's peak resident memory is its own (`os.wait4` rusage).
@@ -36,7 +40,11 @@ class StudySettings:
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     """Arm names (`casa_adapter.study.arms.ARMS`), in table order."""
     steps: int = 200
-    """Optimizer steps per arm (the recipe's `max_time` is lifted: the budget is steps, not minutes)."""
+    """Optimizer steps per arm of the equal-steps runs (the recipe's `max_time` is lifted there)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds (`seed_everything`: initialisation and data order); every arm runs each."""
+    minutes: float | None = None
+    """Also run every arm and seed for this many minutes of training (the equal-wall-time table); None: no."""
     val_every: int = 50
     """Validation (loss and answer accuracy) every this many steps: the points of the curves."""
     base: str | None = None
@@ -53,6 +61,14 @@ class StudySettings:
     def __post_init__(self) -> None:
         if self.steps < 1 or not 1 <= self.val_every <= self.steps:
             raise ValueError(f"steps must be >= 1 and val_every within [1, steps]: {self.steps}, {self.val_every}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"minutes must be > 0 or None, got {self.minutes}")
+
+    def budgets(self) -> list[str]:
+        """`steps`, and `time` when `minutes` is set."""
+        return ["steps"] + (["time"] if self.minutes is not None else [])
 
 
 def set_path(config: dict, path: str, value: Any) -> None:
@@ -66,13 +82,23 @@ def set_path(config: dict, path: str, value: Any) -> None:
     node[last] = value
 
 
-def arm_recipe(base: dict, arm: Arm, settings: StudySettings, arm_dir: Path) -> dict:
-    """The recipe one arm runs: the shared one, its step budget and output folders, then the arm's changes."""
+def _clock(minutes: float) -> str:
+    """Minutes -> Lightning's `max_time` string DD:HH:MM:SS (whole seconds, at least one)."""
+    seconds = max(1, round(minutes * 60))
+    return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def arm_recipe(
+    base: dict, arm: Arm, settings: StudySettings, arm_dir: Path, seed: int = 0, budget: str = "steps"
+) -> dict:
+    """The recipe one run does: the shared one, its seed, budget and output folders, then the arm's changes."""
     config = copy.deepcopy(base)
+    config["seed_everything"] = seed
     trainer = config.setdefault("trainer", {})
+    timed = budget == "time"
     trainer.update(
-        max_steps=settings.steps,
-        max_time=None,
+        max_steps=-1 if timed else settings.steps,
+        max_time=_clock(settings.minutes) if timed else None,
         val_check_interval=settings.val_every,
         check_val_every_n_epoch=None,
         default_root_dir=str(arm_dir),
@@ -84,6 +110,8 @@ def arm_recipe(base: dict, arm: Arm, settings: StudySettings, arm_dir: Path) -> 
         callbacks=[],
     )
     config["adapter"] = {"dirpath": str(arm_dir / "adapter")}
+    if timed:  # the equal-steps runs' schedule (decay over `steps`), held at its floor after that
+        set_path(config, "model.init_args.optim.total_steps", settings.steps)
     changes = dict(settings.overrides)
     if settings.base is not None:
         changes["model.init_args.model.base"] = settings.base
@@ -106,9 +134,10 @@ def _child(args: list[str], log: Path | None) -> tuple[int, float, float]:
 
 def read_curves(metrics_csv: Path) -> dict[str, Any]:
     """Validation points and throughput from Lightning's CSV log."""
-    val, tokens, samples, seconds = [], [], [], []
+    val, tokens, samples, seconds, last = [], [], [], [], 0
     with open(metrics_csv) as f:
         for row in csv.DictReader(f):
+            last = max(last, int(row["step"]) + 1 if row.get("step") else 0)
             if row.get("val/accuracy"):  # logged at the 0-based index of the batch it follows
                 val.append(
                     {
@@ -127,16 +156,25 @@ def read_curves(metrics_csv: Path) -> dict[str, Any]:
         "tokens_per_s": statistics.median(tokens[steady]) if tokens else None,
         "samples_per_s": statistics.median(samples[steady]) if samples else None,
         "step_seconds": statistics.median(seconds[steady]) if seconds else None,
+        "steps_done": last,
     }
 
 
-def run_arm(arm: Arm, base_recipe: dict, settings: StudySettings, index: int, total: int) -> dict:
-    """Train and evaluate one arm; returns (and writes) its summary."""
-    arm_dir = Path(settings.work) / arm.name
+def run_dir(settings: StudySettings, arm: Arm, seed: int, budget: str) -> Path:
+    return Path(settings.work) / arm.name / f"{budget}-seed{seed}"
+
+
+def run_arm(
+    arm: Arm, base_recipe: dict, settings: StudySettings, index: int, total: int, seed: int = 0, budget: str = "steps"
+) -> dict:
+    """Train and evaluate one arm with one seed and budget; returns (and writes) its summary."""
+    arm_dir = run_dir(settings, arm, seed, budget)
     arm_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = arm_dir / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump(arm_recipe(base_recipe, arm, settings, arm_dir), sort_keys=False))
-    print(f"[study {index}/{total}] {arm.name}: {arm.label}, {settings.steps} steps ({recipe_path})", flush=True)
+    recipe = arm_recipe(base_recipe, arm, settings, arm_dir, seed, budget)
+    recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    amount = f"{settings.minutes} min" if budget == "time" else f"{settings.steps} steps"
+    print(f"[study {index}/{total}] {arm.name} seed {seed}: {arm.label}, {amount} ({recipe_path})", flush=True)
     log = arm_dir / "train.log" if settings.quiet else None
     code, seconds, peak = _child(["run", str(recipe_path)], log)
     if code != 0:
@@ -150,7 +188,10 @@ def run_arm(arm: Arm, base_recipe: dict, settings: StudySettings, index: int, to
     summary = {
         "arm": arm.name,
         "label": arm.label,
+        "seed": seed,
+        "budget": budget,
         "steps": settings.steps,
+        "minutes": settings.minutes,
         "train_seconds": seconds,
         "peak_rss_mb": peak,
         "trainable": manifest["trainable"]["counts"]["total"],
@@ -183,21 +224,34 @@ def _evaluate_arm(arm: Arm, recipe_path: Path, arm_dir: Path, quiet: bool) -> di
     }
 
 
-def run_study(settings: StudySettings) -> list[dict]:
-    """Every arm in order; returns their summaries."""
+def _runs(settings: StudySettings) -> list[tuple[Arm, int, str]]:
+    """(arm, seed, budget) of every run, seeds innermost, the equal-time runs after the equal-steps ones."""
     arms = select(settings.arms)
+    return [(arm, seed, budget) for budget in settings.budgets() for arm in arms for seed in settings.seeds]
+
+
+def run_study(settings: StudySettings) -> list[dict]:
+    """Every run in order (a finished one, with its summary.json, is read back, not run again); the summaries."""
     base_recipe = yaml.safe_load(Path(settings.recipe).read_text())
-    return [run_arm(arm, base_recipe, settings, i, len(arms)) for i, arm in enumerate(arms, 1)]
+    runs, out = _runs(settings), []
+    for i, (arm, seed, budget) in enumerate(runs, 1):
+        done = run_dir(settings, arm, seed, budget) / "summary.json"
+        if done.exists():
+            out.append(json.loads(done.read_text()))
+            continue
+        out.append(run_arm(arm, base_recipe, settings, i, len(runs), seed, budget))
+    return out
 
 
 def read_summaries(settings: StudySettings) -> list[dict]:
-    """The summaries a previous run wrote, for the arms asked for (a missing one is an error naming it)."""
+    """The summaries a previous run wrote, for the runs asked for (a missing one is an error naming it)."""
     out = []
-    for arm in select(settings.arms):
-        path = Path(settings.work) / arm.name / "summary.json"
+    for arm, seed, budget in _runs(settings):
+        path = run_dir(settings, arm, seed, budget) / "summary.json"
         if not path.exists():
             raise FileNotFoundError(
-                f"{path}: no finished run of study arm {arm.name!r}; run the study without --report-only"
+                f"{path}: no finished {budget} run of study arm {arm.name!r} seed {seed}; run the study without "
+                "--report-only"
             )
         out.append(json.loads(path.read_text()))
     return out

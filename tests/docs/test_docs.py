@@ -29,6 +29,7 @@ DOCS = [
     "docs/evaluation.md",
     "docs/kernels.md",
     "docs/serving.md",
+    "docs/variants.md",
 ]
 SELF_CONTAINED_ONLY = ["docs/vision.md", "docs/processor.md"]
 NO_TEST = "<!-- no-test -->"

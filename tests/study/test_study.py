@@ -1,5 +1,5 @@
-"""`casa-adapter study` end to end on a tiny random Llama: three arms, a few steps each, the report,
-its plots and the text-only control's blanked images."""
+"""`casa-adapter study` end to end on a tiny random Llama: three arms, two seeds, an equal-steps and an
+equal-wall-time budget, the report with standard errors, its plots and the text-only control's blanked images."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from casa_adapter.study import main
 
 from recipe_runs import tiny_recipe, write_recipe
 
-ARMS = ("casa", "insertion", "text_only")
-STEPS, VAL_EVERY, N_VAL = 4, 2, 24
+ARMS = ("replace_lora", "text_only")
+STEPS, VAL_EVERY, N_VAL, SEEDS, MINUTES = 4, 2, 24, (0, 1), 0.05
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,13 @@ def study(tmp_path_factory) -> Path:
     recipe = tiny_recipe(root / "base", root / "unused", max_steps=100)
     recipe["trainer"]["limit_val_batches"] = 2
     recipe["data"]["init_args"] = {
-        "demo": {"out": str(root / "data"), "train": 96, "val": N_VAL, "image_size": 32},
+        "demo": {
+            "out": str(root / "data"),
+            "train": 96,
+            "val": N_VAL,
+            "image_size": 32,
+            "qtypes": ["color", "word_under"],
+        },
         "settings": {"batch_size": 4, "num_workers": 0, "max_tokens": 512},
     }
     path = write_recipe(root / "recipe.yaml", recipe)
@@ -39,6 +45,10 @@ def study(tmp_path_factory) -> Path:
                 str(STEPS),
                 "--val-every",
                 str(VAL_EVERY),
+                "--seeds",
+                ",".join(map(str, SEEDS)),
+                "--minutes",
+                str(MINUTES),
                 "--work",
                 str(root / "work"),
                 "--out",
@@ -51,27 +61,33 @@ def study(tmp_path_factory) -> Path:
     return root
 
 
-def test_every_arm_ran_its_own_recipe(study):
+def test_every_run_did_its_own_recipe_seed_and_budget(study):
     for arm in ARMS:
-        recipe = yaml.safe_load((study / "work" / arm / "recipe.yaml").read_text())
-        casa = recipe["model"]["init_args"]["model"]["casa"]
-        assert recipe["trainer"]["max_steps"] == STEPS and recipe["trainer"]["max_time"] is None
-        assert casa.get("fusion", "casa") == ("insertion" if arm == "insertion" else "casa")
-        assert recipe["data"]["init_args"]["settings"].get("blank_images", False) == (arm == "text_only")
-        summary = json.loads((study / "work" / arm / "summary.json").read_text())
-        assert [p["step"] for p in summary["val"]] == [VAL_EVERY * (i + 1) for i in range(STEPS // VAL_EVERY)]
-        assert summary["eval"]["count"] == N_VAL and 0 <= summary["eval"]["overall"] <= 1
-        assert (
-            summary["trainable"] > 0
-            and summary["peak_rss_mb"] > 100
-            and summary["tokens_per_s"] > 0 < summary["step_seconds"]
-        )
+        for seed in SEEDS:
+            run = study / "work" / arm / f"steps-seed{seed}"
+            recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+            casa = recipe["model"]["init_args"]["model"]["casa"]
+            assert recipe["seed_everything"] == seed
+            assert recipe["trainer"]["max_steps"] == STEPS and recipe["trainer"]["max_time"] is None
+            assert casa.get("replace", False) == (arm == "replace_lora")
+            lora = recipe["model"]["init_args"]["model"].get("lora")
+            assert (lora == {"rank": 8, "alpha": 16.0}) == (arm == "replace_lora")  # the tiny recipe has rank 4
+            assert recipe["data"]["init_args"]["settings"].get("blank_images", False) == (arm == "text_only")
+            summary = json.loads((run / "summary.json").read_text())
+            assert [p["step"] for p in summary["val"]] == [VAL_EVERY * (i + 1) for i in range(STEPS // VAL_EVERY)]
+            assert summary["eval"]["count"] == N_VAL and 0 <= summary["eval"]["overall"] <= 1
+            assert summary["eval"]["qtypes"].keys() == {"color", "word_under"}
+            assert summary["trainable"] > 0 and summary["peak_rss_mb"] > 100 and summary["step_seconds"] > 0
+            timed = yaml.safe_load((study / "work" / arm / f"time-seed{seed}" / "recipe.yaml").read_text())
+            assert timed["trainer"]["max_time"] == "00:00:00:03" and timed["trainer"]["max_steps"] == -1
+            assert timed["model"]["init_args"]["optim"]["total_steps"] == STEPS
+            assert json.loads((run.parent / f"time-seed{seed}" / "summary.json").read_text())["steps_done"] >= 1
 
 
 def test_text_only_control_sees_no_image(study):
     """With every image grey, a prompt's answer depends on its text only: equal questions, equal answers."""
     answers = defaultdict(set)
-    for line in (study / "work" / "text_only" / "preds.jsonl").read_text().splitlines():
+    for line in (study / "work" / "text_only" / "steps-seed0" / "preds.jsonl").read_text().splitlines():
         row = json.loads(line)
         answers[row["question"]].add(row["prediction"])
     assert any(len(q) for q in answers) and all(len(a) == 1 for a in answers.values())
@@ -79,12 +95,37 @@ def test_text_only_control_sees_no_image(study):
 
 def test_report_tables_and_plots(study):
     report = (study / "docs" / "results.md").read_text()
-    for label in ("CASA (image + window-text keys)", "token insertion (LLaVA-style)", "text-only control"):
-        assert report.count(f"| {label}") == 2  # accuracy and cost tables
-    assert "| chance |" in report and "insertion - CASA" not in report  # no `ca` arm: that check is not stated
-    for name in ("val_accuracy.png", "val_loss.png", "qtype_accuracy.png"):
+    assert "## Equal steps (4 steps)" in report and "## Equal wall time (0.05 min)" in report
+    for label in ("CASA replacing SA (CA-replace) + LoRA", "text-only control (images blanked)"):
+        assert report.count(f"| {label} | 2 |") == 2  # two seeds, in both budgets' accuracy tables
+    assert "| chance |" in report and " ± " in report and "standard errors are over seeds" in report
+    assert "- replace_lora - text_only:" in report or "- text_only - replace_lora:" in report
+    for name in ("val_accuracy.png", "val_loss.png", "qtype_accuracy.png", "arm_accuracy.png"):
         data = (study / "docs" / "results" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and f"results/{name}" in report
+
+
+def test_standard_errors_and_resolved_differences():
+    from casa_adapter.study.stats import aggregate, compare
+
+    def run(arm, seed, acc):
+        return {
+            "arm": arm,
+            "label": arm,
+            "seed": seed,
+            "budget": "steps",
+            "steps": 4,
+            "train_seconds": 1.0,
+            "step_seconds": 0.1,
+            "trainable": 1,
+            "eval": {"overall": acc, "count": 600, "qtypes": {"a": acc}},
+        }
+
+    rows = aggregate([run("x", 0, 0.60), run("x", 1, 0.62), run("x", 2, 0.64), run("y", 0, 0.40)], "steps")
+    x, y = rows
+    assert abs(x["overall"].mean - 0.62) < 1e-9 and abs(x["overall"].se - 0.02 / 3**0.5) < 1e-9
+    assert y["se_kind"] == "binomial" and abs(y["overall"].se - (0.4 * 0.6 / 600) ** 0.5) < 1e-9
+    assert compare(x, y)[2] and not compare(x, {**x, "overall": type(x["overall"])(0.60, 0.02)})[2]
 
 
 def test_report_only_and_errors(study, capsys):
@@ -95,7 +136,9 @@ def test_report_only_and_errors(study, capsys):
                 "--recipe",
                 str(study / "recipe.yaml"),
                 "--arms",
-                "casa",
+                "replace_lora",
+                "--seeds",
+                "0,1",
                 "--work",
                 str(study / "work"),
                 "--out",
@@ -105,8 +148,9 @@ def test_report_only_and_errors(study, capsys):
         )
         == 0
     )
-    assert "CASA (image + window-text keys)" in out.read_text()
+    assert "CASA replacing SA (CA-replace) + LoRA" in out.read_text()
+    assert "## Equal wall time" not in out.read_text()  # no --minutes: the equal-steps runs only
     assert main(["--arms", "casa,nope", "--report-only", "--work", str(study / "work")]) == 2
     assert "unknown study arm(s) ['nope']" in capsys.readouterr().err
     assert main(["--arms", "ca", "--report-only", "--work", str(study / "work")]) == 2
-    assert "no finished run of study arm 'ca'" in capsys.readouterr().err
+    assert "no finished steps run of study arm 'ca' seed 0" in capsys.readouterr().err

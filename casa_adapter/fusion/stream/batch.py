@@ -8,7 +8,9 @@
 
 Each session is a row of one shared cache (self-attention KV cache, and for CASA the CASA layers'
 window caches); a step feeds every session's queued items, right-padded to the longest, with a
-2D attention mask over the cache's slots (holes masked) and each session's own positions. A
+2D attention mask over the cache's slots (holes masked) and each session's own positions. Framing
+(`pre_image` / `post_image` token ids, as a `Processor` with the same framing writes them) is put
+around each `put_image` of every session. A
 session's logits equal running it alone (tests: within 1e-5, fp32). A session gets its row at its
 first step and gives it back on `close()`; holes are squeezed out when they outnumber what is kept.
 
@@ -35,8 +37,10 @@ HOLE = -1
 class StreamBatch:
     """Sessions over one wrapped model whose steps run together. See the module docstring."""
 
-    def __init__(self, model, limits: StreamLimits | None = None):
+    def __init__(self, model, limits: StreamLimits | None = None, pre_image=None, post_image=None):
         self.model, self.limits = model, limits or StreamLimits()
+        self.framing = tuple(_ids(x, model.device) for x in (pre_image, post_image))
+        """(pre, post) token ids (t,) every session puts before / after each `put_image` (None: no framing)."""
         self.chunks = model.stream_chunks(model)
         self.cache = self.chunks.new_cache()
         self.sliding = rows.has_sliding_layers(self.cache)
@@ -220,6 +224,13 @@ class StreamBatch:
         if isinstance(self.cache, CasaCache):
             total += self.cache.casa_nbytes()
         return total + sum(_queued_bytes(s) for s in self.sessions)
+
+
+def _ids(ids, device) -> torch.Tensor | None:
+    """Framing token ids (a list or tensor) -> (t,) long, or None when there are none."""
+    if ids is None or len(ids) == 0:
+        return None
+    return torch.as_tensor(ids, dtype=torch.long, device=device).reshape(-1)
 
 
 def _nbytes(t: torch.Tensor) -> int:

@@ -24,6 +24,8 @@ from casa_adapter.casa.windows import CasaInputs
 class Text:
     ids: torch.Tensor
     """(t,) long token ids."""
+    framing: bool = False
+    """Framing text put around an image (`pre_image` / `post_image`): fed, but its logits are not returned."""
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Chunk:
     windows: torch.Tensor
     """(n,) long window id of each position."""
     text: torch.Tensor
-    """(n,) bool: text positions (their logits are returned)."""
+    """(n,) bool: text positions whose logits are returned (not markers, image tokens or framing)."""
     ids: torch.Tensor | None = None
     """(n,) long token ids, markers included (CASA)."""
     images: torch.Tensor | None = None
@@ -81,7 +83,7 @@ class CasaChunks:
         return item.ids.numel() if isinstance(item, Text) else item.tokens.shape[0]
 
     def chunk(self, queue: list[Item], window: int) -> Chunk:
-        ids, windows, images = [], [], []
+        ids, windows, images, text = [], [], [], []
         for item, w in zip(queue, item_windows(queue, window)):
             if isinstance(item, Text):
                 ids.append(item.ids)
@@ -90,8 +92,9 @@ class CasaChunks:
                 ids.append(torch.full((k,), self.marker, dtype=torch.long, device=device))
                 images.append(item.tokens)
             windows.append(torch.full_like(ids[-1], w))
+            text.append(torch.full_like(ids[-1], isinstance(item, Text) and not item.framing, dtype=torch.bool))
         ids = torch.cat(ids)  # (n,)
-        return Chunk(torch.cat(windows), ids != self.marker, ids=ids, images=torch.cat(images) if images else None)
+        return Chunk(torch.cat(windows), torch.cat(text), ids=ids, images=torch.cat(images) if images else None)
 
     def inputs(self, chunks: list[Chunk | None], starts: torch.Tensor, t: int) -> dict:
         """input_ids (B, t) and the step's `CasaInputs`, rows right-padded (pads: window 0, never keys)."""
@@ -102,7 +105,7 @@ class CasaChunks:
         for b, c in enumerate(chunks):
             if c is not None:
                 ids[b, : c.n], windows[b, : c.n] = c.ids, c.windows
-        inputs = CasaInputs(windows, index)
+        inputs = CasaInputs(windows, index, text_gist=(ids == self.marker) & (windows > 0))  # gists: the markers
         with_images = [(b, c) for b, c in enumerate(chunks) if c is not None and c.images is not None]
         if with_images:
             _add_images(inputs, with_images, self.marker)
@@ -151,7 +154,7 @@ class InsertionChunks:
             else:
                 embeds.append(item.tokens.reshape(-1, item.tokens.shape[-1]))  # (k*N, D)
             windows.append(torch.full((embeds[-1].shape[0],), w, dtype=torch.long, device=embeds[-1].device))
-            text.append(torch.full_like(windows[-1], isinstance(item, Text), dtype=torch.bool))
+            text.append(torch.full_like(windows[-1], isinstance(item, Text) and not item.framing, dtype=torch.bool))
         return Chunk(torch.cat(windows), torch.cat(text), embeds=torch.cat(embeds))
 
     def inputs(self, chunks: list[Chunk | None], starts: torch.Tensor, t: int) -> dict:

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from casa_adapter.fusion.stream.chunks import Images, Item, Text
+from casa_adapter.fusion.stream.limits import CacheLimitError
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 
@@ -58,13 +59,25 @@ class StreamSession:
     @torch.no_grad()
     def put_image(self, image: ImageLike | list[ImageLike]) -> None:
         """Queue one frame, or a list of images. Images put back to back (no text between them) open one
-        window together, as adjacent markers do in one forward. The rule of `forward(images=)` holds: a
+        window together, as adjacent markers do in one forward. With framing (`model.stream(pre_image=,
+        post_image=)`) the framing text goes before and after each call, so each call opens its own window.
+        The rule of `forward(images=)` holds: a
         tensor is preprocessed pixels (3, H, W), taken as it is; a PIL image or an ndarray goes through
         `model.vision.transform`."""
         self._check_open()
         pixels = self._pixels(image)  # (n, 3, S, S)
         tokens = self.model.encode_images([pixels])[0]  # (n, N, D)
-        self.batch.admit(self, Images(tokens))
+        pre, post = self.batch.framing
+        items = [Images(tokens)]
+        items = ([Text(pre, framing=True)] if pre is not None else []) + items
+        items += [Text(post, framing=True)] if post is not None else []
+        queued = len(self.queue)
+        try:
+            for item in items:
+                self.batch.admit(self, item)
+        except CacheLimitError:
+            del self.queue[queued:]  # nothing of this image is queued
+            raise
 
     def put_text(self, ids) -> None:
         """Queue text token ids (a list, (t,) or (1, t))."""
