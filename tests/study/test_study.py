@@ -1,5 +1,7 @@
-"""`casa-adapter study` end to end on a tiny random Llama: three arms, two seeds, an equal-steps and an
-equal-wall-time budget, the report with standard errors, its plots and the text-only control's blanked images."""
+"""`casa-adapter study` end to end on a tiny random Llama: two arms, two seeds, an equal-steps and an
+equal-wall-time budget, the report with standard errors, its plots and the text-only control's blanked images.
+
+The end-to-end tests are `slow` (8 training runs, ~5 min on 2 cores); the statistics run in the fast suite."""
 
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ def study(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_every_run_did_its_own_recipe_seed_and_budget(study):
     for arm in ARMS:
         for seed in SEEDS:
@@ -84,6 +87,7 @@ def test_every_run_did_its_own_recipe_seed_and_budget(study):
             assert json.loads((run.parent / f"time-seed{seed}" / "summary.json").read_text())["steps_done"] >= 1
 
 
+@pytest.mark.slow
 def test_text_only_control_sees_no_image(study):
     """With every image grey, a prompt's answer depends on its text only: equal questions, equal answers."""
     answers = defaultdict(set)
@@ -93,6 +97,7 @@ def test_text_only_control_sees_no_image(study):
     assert any(len(q) for q in answers) and all(len(a) == 1 for a in answers.values())
 
 
+@pytest.mark.slow
 def test_report_tables_and_plots(study):
     report = (study / "docs" / "results.md").read_text()
     assert "## Equal steps (4 steps)" in report and "## Equal wall time (0.05 min)" in report
@@ -128,6 +133,7 @@ def test_standard_errors_and_resolved_differences():
     assert compare(x, y)[2] and not compare(x, {**x, "overall": type(x["overall"])(0.60, 0.02)})[2]
 
 
+@pytest.mark.slow
 def test_report_only_and_errors(study, capsys):
     out = study / "again.md"
     assert (
