@@ -2,7 +2,8 @@
 
 - `settings.ServeSettings`: the server's limits and defaults.
 - `requests`, `images`: bodies checked and images decoded in the HTTP process (`ServeError` with a 4xx).
-- `engine.ServeEngine`: every conversation in one `StreamBatch`, one forward per step for all of them.
+- `engine.ServeEngine`: every conversation in one `StreamBatch`, one forward per step for all of them
+  (`jobs`: requests in progress and their replies; `feeding`: prompts queued within the position/cache budget).
 - `worker`: the LitServe `LitAPI` and continuous-batching loop that drive the engine; `ModelSource`.
 - `spec`, `responses`: the HTTP endpoints and their OpenAI-shaped JSON / server-sent events.
 - `server`: `build_server`, `serve`; `command`: the console command.

@@ -21,6 +21,7 @@ session's `max_cache_tokens` with `evict="error"`.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 import uuid
@@ -32,6 +33,7 @@ import torch
 from casa_adapter.fusion.stream.limits import CacheLimitError, StreamLimits
 from casa_adapter.processor import Processor
 from casa_adapter.serve.errors import ServeError
+from casa_adapter.serve.feeding import Budget, eos_ids, queue_prompt
 from casa_adapter.serve.jobs import Job, Reply, TextStream, error_reply
 from casa_adapter.serve.settings import ServeSettings
 
@@ -63,8 +65,8 @@ class ServeEngine:
         self.limits = StreamLimits(self.settings.max_cache_tokens, self.settings.evict)
         self.streams = model.stream_batch(self.limits.max_cache_tokens, self.limits.evict)
         self.processor = Processor.from_model(model, tokenizer)
-        self.max_positions = getattr(model.llm.config, "max_position_embeddings", None)
-        self.eos = _eos_ids(model, tokenizer)
+        self.budget = Budget(self.streams, self.limits, getattr(model.llm.config, "max_position_embeddings", None))
+        self.eos = eos_ids(model, tokenizer)
         self.sessions: dict[str, _Held] = {}
         self.jobs: dict[str, Job] = {}
         self.replies: list[Reply] = []
@@ -106,14 +108,14 @@ class ServeEngine:
             del self.sessions[request["session"]]
             return self._done(uid, {"id": request["session"], "object": "session", "deleted": True})
         if op == "frame":
-            self._feed(held.session, lambda: held.session.put_image(request["image"]), 0)
+            self.budget.feed(held.session, lambda: held.session.put_image(request["image"]), 0)
             held.frames += 1
             self.counters["frames"] += 1
             job = Job(uid, "frame", held.session, request["session"])
         elif op == "text":
             ids = self._encode(request["text"])
             if ids:
-                self._feed(held.session, lambda: held.session.put_text(ids), request["max_tokens"])
+                self.budget.feed(held.session, lambda: held.session.put_text(ids), request["max_tokens"])
             elif held.session.last_logits is None:
                 raise ServeError(400, "this session holds nothing yet: send a frame or some text first")
             job = self._generating(uid, "text", held.session, request, request["session"])
@@ -130,54 +132,13 @@ class ServeEngine:
             raise ServeError(400, f"messages: {error}") from error
         session = self.streams.open()
         try:
-            self._feed(session, lambda: self._queue_prompt(session, inputs), request["max_tokens"])
+            self.budget.feed(
+                session, lambda: queue_prompt(session, inputs, self.model.image_token_id), request["max_tokens"]
+            )
         except ServeError:
             session.close()
             raise
         self.jobs[uid] = self._generating(uid, "chat", session, request, None)
-
-    def _queue_prompt(self, session, inputs: dict) -> None:
-        """Queue the prompt's text runs and its images (adjacent markers: one `put_image` of several)."""
-        ids, images = inputs["input_ids"].tolist(), inputs["images"]  # (T,), (n, 3, H, W) or None
-        marker, used, start = self.model.image_token_id, 0, 0
-        while start < len(ids):
-            end = start
-            is_image = ids[start] == marker
-            while end < len(ids) and (ids[end] == marker) == is_image:
-                end += 1
-            if is_image:
-                session.put_image(list(images[used : used + end - start]))
-                used += end - start
-            else:
-                session.put_text(ids[start:end])
-            start = end
-
-    def _feed(self, session, put, max_tokens: int) -> None:
-        """Queue input for a session (`put()`), refused whole when it, plus `max_tokens`, runs past the model's
-        positions or the session's cache bound."""
-        before = len(session.queue)
-        try:
-            put()
-        except CacheLimitError as error:
-            del session.queue[before:]
-            raise ServeError(400, str(error)) from error
-        queued = self.streams.queued_tokens(session)
-        need = session.index + queued + max_tokens
-        if self.max_positions is not None and need > self.max_positions:
-            del session.queue[before:]
-            raise ServeError(
-                400,
-                f"this call would take the conversation to {need} positions (max_tokens included), past the "
-                f"model's {self.max_positions}; start a new session or ask for fewer tokens",
-            )
-        held, bound = session.cached_tokens() + queued + max_tokens, self.limits.max_cache_tokens
-        if self.limits.evict == "error" and bound is not None and held > bound:
-            del session.queue[before:]
-            raise ServeError(
-                400,
-                f"this call would bring the session to {held} cached positions (max_tokens included), over "
-                f"max_cache_tokens={bound}; start a new session",
-            )
 
     def _generating(self, uid: str, op: str, session, request: dict, session_id: str | None) -> Job:
         return Job(
@@ -323,13 +284,6 @@ class ServeEngine:
             "uptime_s": round(now - self.started, 3),
             **self.counters,
         }
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    """End-of-sequence ids: the generation config's, else the tokenizer's."""
-    eos = getattr(getattr(model.llm, "generation_config", None), "eos_token_id", None)
-    eos = tokenizer.eos_token_id if eos is None else eos
-    return set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
 
 
 __all__ = ["ServeEngine"]

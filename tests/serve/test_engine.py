@@ -134,7 +134,7 @@ def test_refusals_name_the_problem():
 def test_context_length_and_idle_expiry():
     model, tokenizer = tiny_model("casa")
     engine = ServeEngine(model, tokenizer, ServeSettings(session_idle_s=0.0))
-    engine.max_positions = 40
+    engine.budget.max_positions = 40
     engine.submit("chat", chat("hi " * 30, 0, max_tokens=20))
     engine.submit("open", {"op": "create"})
     out = run(engine)
