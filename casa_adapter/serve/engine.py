@@ -132,9 +132,8 @@ class ServeEngine:
             raise ServeError(400, f"messages: {error}") from error
         session = self.streams.open()
         try:
-            self.budget.feed(
-                session, lambda: queue_prompt(session, inputs, self.model.image_token_id), request["max_tokens"]
-            )
+            put = functools.partial(queue_prompt, session, inputs, self.model.image_token_id)
+            self.budget.feed(session, put, request["max_tokens"])
         except ServeError:
             session.close()
             raise
