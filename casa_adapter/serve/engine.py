@@ -201,7 +201,6 @@ class ServeEngine:
         payload = {"kind": "done", "object": job.op}
         if job.text is not None:
             tail = job.text.flush()
-            job.finish_reason = reason
             payload |= {
                 "text": job.text.sent,
                 "tail": tail,

@@ -76,8 +76,6 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     first_token_s: float | None = None
     """Seconds from arrival to the first generated token."""
-    finish_reason: str | None = None
-    """"stop" (an end-of-sequence id), "length" (max_tokens reached), None while running."""
 
     @property
     def generated(self) -> int:

@@ -21,8 +21,9 @@ def build_server(
     """The server, not started: `server.run(host=..., port=...)`, or LitServe's test helpers."""
     settings = settings or ServeSettings()
     api = CasaServeAPI(source, settings, model_name)
-    most = settings.max_images * settings.max_image_bytes * 4 // 3 + 2**20
-    return ls.LitServer(api, accelerator=accelerator, devices=1, timeout=False, max_payload_size=most)
+    return ls.LitServer(
+        api, accelerator=accelerator, devices=1, timeout=False, max_payload_size=settings.max_body_bytes
+    )
 
 
 def serve(

@@ -34,6 +34,11 @@ class ServeSettings:
     remote_timeout_s: float = 10.0
     """Timeout of one remote image fetch."""
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body taken (413 beyond): max_images base64-encoded images plus 1 MiB of text."""
+        return self.max_images * self.max_image_bytes * 4 // 3 + 2**20
+
     def __post_init__(self):
         for name in ("max_sessions", "max_images", "max_image_bytes", "max_image_pixels", "max_tokens"):
             if getattr(self, name) < 1:

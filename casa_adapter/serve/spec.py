@@ -106,7 +106,7 @@ class ServeSpec(LitSpec):
     # -- plumbing --------------------------------------------------------------------------
     async def _body(self, request: Request):
         size = int(request.headers.get("content-length") or 0)
-        most = self.settings.max_images * self.settings.max_image_bytes * 4 // 3 + 2**20  # base64 + text
+        most = self.settings.max_body_bytes
         if size > most:
             raise ServeError(413, f"request body of {size} bytes is larger than this server takes ({most})")
         try:
