@@ -217,6 +217,12 @@ def _evaluate_arm(arm: Arm, recipe_path: Path, arm_dir: Path, quiet: bool) -> di
     if code != 0:
         raise RuntimeError(f"study arm {arm.name!r}: `casa-adapter {' '.join(args)}` exited with status {code}")
     results = json.loads((arm_dir / "eval.json").read_text())
+    bad = results["samples"]["bad"]
+    if bad:  # arms must be compared on the same samples
+        raise RuntimeError(
+            f"study arm {arm.name!r}: the evaluation skipped {bad} validation sample(s) "
+            f"({results['samples']['reasons']}; {arm_dir / 'eval.json'}); every arm must be scored on every sample"
+        )
     return {
         "overall": results["overall"]["exact_match"],
         "count": results["overall"]["count"],
