@@ -179,7 +179,13 @@ def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
         f"Every arm ran the recipe `{settings.recipe}` (base `{settings.base or model.get('base')}`, vision "
         f"`{model.get('vision', {}).get('name')}`, batch {data.get('settings', {}).get('batch_size')}) with seeds "
         f"{settings.seeds}, for {settings.steps} optimizer steps"
-        + (f" and, separately, for {settings.minutes} minutes of training" if settings.minutes else "")
+        + (
+            f" and, separately, for {settings.minutes} minutes of training, counted in steps at the arm's "
+            "quiet-machine cost (the smallest median s/step of its equal-steps runs), so the load of a shared "
+            "machine does not decide an arm's budget"
+            if settings.minutes
+            else ""
+        )
         + "; arms differ only in the recipe keys named in `casa_adapter/study/arms.py`. Accuracy is greedy-decoding "
         f"exact match (`casa-adapter eval`) on the {n_eval} validation samples; standard errors are {se_note}. "
         "The curves are the teacher-forced answer accuracy logged during training.",

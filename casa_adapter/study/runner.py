@@ -2,8 +2,12 @@
 `casa-adapter eval`.
 
 Budgets: `steps` (every arm the same number of optimizer steps) and, with `StudySettings.minutes`,
-`time` (every arm the same training wall time, whatever steps that buys; the learning-rate schedule
-is the equal-steps one, decaying over `steps` and held at its floor after that). Each run gets
+`time` (every arm the same training time, whatever steps that buys; the learning-rate schedule is the
+equal-steps one, decaying over `steps` and held at its floor after that). The time budget is turned
+into steps per arm, `round(minutes * 60 / cost)`, where `cost` is the arm's quiet-machine seconds per
+step: the smallest of its equal-steps runs' median step times (one per seed). A wall clock would let
+whatever else the machine runs meanwhile decide an arm's budget; this way a shared machine slows the
+study down but does not change its result. Each run gets
 `WORK/ARM/BUDGET-seedN/`: `recipe.yaml` (the recipe it ran), `logs/metrics.csv` (Lightning's CSV
 log: validation curves, throughput), `adapter/final`, `eval.json` + `preds.jsonl` (greedy answers on
 the validation shards, per question type) and `summary.json` (what the report reads). Training runs
@@ -44,7 +48,8 @@ class StudySettings:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Training seeds (`seed_everything`: initialisation and data order); every arm runs each."""
     minutes: float | None = None
-    """Also run every arm and seed for this many minutes of training (the equal-wall-time table); None: no."""
+    """Also run every arm and seed for this many minutes of training (the equal-wall-time table), counted in
+    steps at the arm's measured seconds per step (`time_budget_steps`); None: no."""
     val_every: int = 50
     """Validation (loss and answer accuracy) every this many steps: the points of the curves."""
     base: str | None = None
@@ -82,23 +87,43 @@ def set_path(config: dict, path: str, value: Any) -> None:
     node[last] = value
 
 
-def _clock(minutes: float) -> str:
-    """Minutes -> Lightning's `max_time` string DD:HH:MM:SS (whole seconds, at least one)."""
-    seconds = max(1, round(minutes * 60))
-    return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+def time_budget_steps(settings: StudySettings, arm: Arm) -> tuple[int, float]:
+    """(steps, seconds per step) of `arm`'s equal-wall-time runs: `settings.minutes` at the smallest median
+    step time of its finished equal-steps runs (the least loaded measurement of what a step costs)."""
+    costs = []
+    for seed in settings.seeds:
+        path = run_dir(settings, arm, seed, "steps") / "summary.json"
+        if path.exists() and (cost := json.loads(path.read_text()).get("step_seconds")):
+            costs.append(cost)
+    if not costs:
+        raise RuntimeError(
+            f"study arm {arm.name!r}: the equal-wall-time budget needs a finished equal-steps run that logged "
+            f"step times ({run_dir(settings, arm, settings.seeds[0], 'steps')}); run the equal-steps budget first"
+        )
+    cost = min(costs)
+    return max(1, round(settings.minutes * 60 / cost)), cost
 
 
 def arm_recipe(
-    base: dict, arm: Arm, settings: StudySettings, arm_dir: Path, seed: int = 0, budget: str = "steps"
+    base: dict,
+    arm: Arm,
+    settings: StudySettings,
+    arm_dir: Path,
+    seed: int = 0,
+    budget: str = "steps",
+    time_steps: int | None = None,
 ) -> dict:
-    """The recipe one run does: the shared one, its seed, budget and output folders, then the arm's changes."""
+    """The recipe one run does: the shared one, its seed, budget and output folders, then the arm's changes.
+    `time_steps`: the steps of a `time` run (`time_budget_steps`)."""
     config = copy.deepcopy(base)
     config["seed_everything"] = seed
     trainer = config.setdefault("trainer", {})
     timed = budget == "time"
+    if timed and time_steps is None:
+        raise ValueError("a time-budget recipe needs its steps (time_budget_steps)")
     trainer.update(
-        max_steps=-1 if timed else settings.steps,
-        max_time=_clock(settings.minutes) if timed else None,
+        max_steps=time_steps if timed else settings.steps,
+        max_time=None,
         val_check_interval=settings.val_every,
         check_val_every_n_epoch=None,
         default_root_dir=str(arm_dir),
@@ -171,9 +196,12 @@ def run_arm(
     arm_dir = run_dir(settings, arm, seed, budget)
     arm_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = arm_dir / "recipe.yaml"
-    recipe = arm_recipe(base_recipe, arm, settings, arm_dir, seed, budget)
+    time_steps, step_cost = time_budget_steps(settings, arm) if budget == "time" else (None, None)
+    recipe = arm_recipe(base_recipe, arm, settings, arm_dir, seed, budget, time_steps)
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    amount = f"{settings.minutes} min" if budget == "time" else f"{settings.steps} steps"
+    amount = f"{settings.steps} steps"
+    if budget == "time":
+        amount = f"{settings.minutes} min = {time_steps} steps at {step_cost:.2f} s/step"
     print(f"[study {index}/{total}] {arm.name} seed {seed}: {arm.label}, {amount} ({recipe_path})", flush=True)
     log = arm_dir / "train.log" if settings.quiet else None
     code, seconds, peak = _child(["run", str(recipe_path)], log)
@@ -192,6 +220,8 @@ def run_arm(
         "budget": budget,
         "steps": settings.steps,
         "minutes": settings.minutes,
+        "budget_steps": time_steps or settings.steps,
+        "step_cost": step_cost,
         "train_seconds": seconds,
         "peak_rss_mb": peak,
         "trainable": manifest["trainable"]["counts"]["total"],

@@ -17,7 +17,7 @@ from casa_adapter.study import main
 from recipe_runs import tiny_recipe, write_recipe
 
 ARMS = ("replace_lora", "text_only")
-STEPS, VAL_EVERY, N_VAL, SEEDS, MINUTES = 4, 2, 24, (0, 1), 0.05
+STEPS, VAL_EVERY, N_VAL, SEEDS, MINUTES = 4, 2, 24, (0, 1), 0.004
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +81,18 @@ def test_every_run_did_its_own_recipe_seed_and_budget(study):
             assert summary["eval"]["count"] == N_VAL and 0 <= summary["eval"]["overall"] <= 1
             assert summary["eval"]["qtypes"].keys() == {"color", "word_under"}
             assert summary["trainable"] > 0 and summary["peak_rss_mb"] > 100 and summary["step_seconds"] > 0
+        cost = min(
+            json.loads((study / "work" / arm / f"steps-seed{s}" / "summary.json").read_text())["step_seconds"]
+            for s in SEEDS
+        )
+        for seed in SEEDS:  # the time budget: MINUTES at the arm's smallest median step time, in steps
             timed = yaml.safe_load((study / "work" / arm / f"time-seed{seed}" / "recipe.yaml").read_text())
-            assert timed["trainer"]["max_time"] == "00:00:00:03" and timed["trainer"]["max_steps"] == -1
+            assert timed["trainer"]["max_time"] is None
+            assert timed["trainer"]["max_steps"] == max(1, round(MINUTES * 60 / cost))
             assert timed["model"]["init_args"]["optim"]["total_steps"] == STEPS
-            assert json.loads((run.parent / f"time-seed{seed}" / "summary.json").read_text())["steps_done"] >= 1
+            summary = json.loads((study / "work" / arm / f"time-seed{seed}" / "summary.json").read_text())
+            assert summary["steps_done"] == summary["budget_steps"] == timed["trainer"]["max_steps"]
+            assert summary["step_cost"] == cost
 
 
 @pytest.mark.slow
@@ -100,7 +108,7 @@ def test_text_only_control_sees_no_image(study):
 @pytest.mark.slow
 def test_report_tables_and_plots(study):
     report = (study / "docs" / "results.md").read_text()
-    assert "## Equal steps (4 steps)" in report and "## Equal wall time (0.05 min)" in report
+    assert "## Equal steps (4 steps)" in report and "## Equal wall time (0.004 min)" in report
     for label in ("CASA replacing SA (CA-replace) + LoRA", "text-only control (images blanked)"):
         assert report.count(f"| {label} | 2 |") == 2  # two seeds, in both budgets' accuracy tables
     assert "| chance |" in report and " ± " in report and "standard errors are over seeds" in report
@@ -160,3 +168,22 @@ def test_report_only_and_errors(study, capsys):
     assert "unknown study arm(s) ['nope']" in capsys.readouterr().err
     assert main(["--arms", "ca", "--report-only", "--work", str(study / "work")]) == 2
     assert "no finished steps run of study arm 'ca' seed 0" in capsys.readouterr().err
+
+
+def test_time_budget_counts_steps_at_the_arms_quiet_cost(tmp_path):
+    """The equal-wall-time budget: minutes at the smallest median step time over the arm's equal-steps runs."""
+    from casa_adapter.study.arms import ARMS as ALL_ARMS
+    from casa_adapter.study.runner import StudySettings, arm_recipe, run_dir, time_budget_steps
+
+    settings = StudySettings(arms=["casa"], seeds=[0, 1, 2], minutes=2.0, work=str(tmp_path))
+    arm = ALL_ARMS["casa"]
+    with pytest.raises(RuntimeError, match="equal-steps run"):
+        time_budget_steps(settings, arm)
+    for seed, cost in ((0, 1.5), (1, 1.2)):  # seed 2 not run yet: the finished ones decide
+        run_dir(settings, arm, seed, "steps").mkdir(parents=True)
+        (run_dir(settings, arm, seed, "steps") / "summary.json").write_text(json.dumps({"step_seconds": cost}))
+    assert time_budget_steps(settings, arm) == (100, 1.2)  # 120 s / 1.2 s
+    recipe = arm_recipe({}, arm, settings, tmp_path / "t", 0, "time", 100)
+    assert recipe["trainer"]["max_steps"] == 100 and recipe["trainer"]["max_time"] is None
+    with pytest.raises(ValueError, match="needs its steps"):
+        arm_recipe({}, arm, settings, tmp_path / "t", 0, "time")
