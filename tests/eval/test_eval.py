@@ -1,5 +1,6 @@
 """`casa-adapter eval` on a tiny demo set: the JSONL, the metrics JSON, image / multi-image / video
-samples, equality with a hand-run `generate`, bad samples, the recipe path and the errors.
+samples, equality with a hand-run `generate`, bad samples and the grey-image control (recipes and
+errors: test_eval_recipes.py).
 
 Nothing is trained: the adapter is a tiny random Llama wrapped with a random `siglip-tiny` tower,
 its new parameters given random values (so that answers depend on the images), saved and evaluated.
@@ -7,64 +8,19 @@ its new parameters given random values (so that answers depend on the images), s
 
 from __future__ import annotations
 
+# ruff: noqa: F401, F811  (the shared fixtures are imported by name and requested as arguments)
 import io
 import json
-import tarfile
-from pathlib import Path
 
 import pytest
+from eval_fixtures import KEYS, N_VAL, QTYPES, TOKENS, adapter, demo, read_jsonl, read_tar
 from PIL import Image
 
 import casa_adapter
-from casa_adapter.backbone.base_models import load_base
-from casa_adapter.data.make_demo import DemoSettings, make_demo
 from casa_adapter.eval import main
-from casa_adapter.eval.loading import read_recipe
 from casa_adapter.metrics import ExactMatch
 
-from conftest import randomize_new_params, tiny_tower
-from recipe_runs import tiny_recipe, write_recipe
-
 pytestmark = pytest.mark.filterwarnings("ignore:VQAAccuracy")  # single-answer data: the metric warns, rightly
-
-QTYPES = ("color", "count", "compare", "video_color")
-N_VAL = 24
-KEYS = ["id", "question", "answers", "prediction", "qtype", "source"]
-TOKENS = 6
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
-    """{key: {ext: bytes}} of a WebDataset tar, in order."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tf:
-        for info in tf:
-            key, ext = info.name.split(".", 1)
-            samples.setdefault(key, {})[ext] = tf.extractfile(info).read()
-    return samples
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("eval") / "demo"
-    make_demo(DemoSettings(out=str(out), train=8, val=N_VAL, image_size=32, qtypes=QTYPES), show_progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def adapter(demo):
-    """(adapter dir, the wrapped model, its tokenizer)."""
-    llm, tokenizer = load_base("tiny")
-    model = casa_adapter.wrap(
-        llm, vision=casa_adapter.VisionSettings("siglip-tiny", pretrained=False, image_size=32), every=2
-    )
-    randomize_new_params(model, scale=0.5)
-    model.save_adapter(str(demo.parent / "adapter"))
-    return demo.parent / "adapter", model.eval(), tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -215,94 +171,6 @@ def test_references_bad_samples_and_folder_shards(demo, adapter, evaluated, tmp_
     assert metrics["samples"]["bad"] == 1 and metrics["samples"]["reasons"] == {"invalid_json": 1}
     assert metrics["overall"]["exact_match"] == pytest.approx(exact_match(again), abs=1e-6)
     assert metrics["overall"]["exact_match"] >= 2 / 3 - 1e-6
-
-
-def test_recipe_zero_shot_with_limit(demo, tmp_path):
-    """`--recipe`: the recipe's untrained model on its validation shards (the default), first 5 samples."""
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe(tmp_path, demo))
-    out = tmp_path / "preds.jsonl"
-    assert (
-        main(
-            [
-                "--recipe",
-                str(recipe),
-                "--limit",
-                "5",
-                "--batch-size",
-                "2",
-                "--max-new-tokens",
-                "2",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert [x["id"] for x in read_jsonl(out)] == [f"val-{i:06d}" for i in range(5)]
-
-
-def test_errors_are_clear(demo, adapter, tmp_path, capsys):
-    val = str(demo / "val")
-    assert main(["--adapter", str(tmp_path / "nope"), "--base", "tiny", "--shards", val]) == 2
-    assert "adapter directory" in capsys.readouterr().err
-    assert main(["--adapter", str(adapter[0]), "--base", "tiny", "--shards", str(tmp_path / "none.tar")]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "--adapter",
-                str(adapter[0]),
-                "--base",
-                str(tmp_path / "missing.gguf"),
-                "--shards",
-                val,
-                "--out",
-                str(tmp_path / "p.jsonl"),
-            ]
-        )
-        == 2
-    )
-    assert "missing.gguf does not exist" in capsys.readouterr().err  # load_base's error
-    assert main(["--adapter", str(adapter[0]), "--shards", val]) == 2
-    assert "trained on 'tiny'" in capsys.readouterr().err  # names the base the adapter was trained on
-    llm, _ = load_base("tiny")
-    casa_adapter.wrap(llm, vision=tiny_tower(), every=2).save_adapter(str(tmp_path / "custom"))
-    assert main(["--adapter", str(tmp_path / "custom"), "--base", "tiny", "--shards", val]) == 2
-    assert "custom vision tower" in capsys.readouterr().err
-    assert not (tmp_path / "p.jsonl").exists()
-
-
-@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").glob("*.yaml")))
-def test_every_recipe_gives_model_settings(recipe):
-    """`--recipe` reads each shipped recipe's model block, system prompt and validation shards."""
-    parsed = read_recipe(str(ROOT / recipe))
-    assert parsed.model.base and parsed.model.adapter is None and parsed.val
-
-
-def test_saved_run_config_gives_model_settings(tmp_path):
-    """The `config.yaml` LightningCLI saves with a run nests settings as `{class_path, init_args}`."""
-    config = {
-        "model": {
-            "class_path": "casa_adapter.CasaModule",
-            "init_args": {
-                "system_prompt": "",
-                "model": {
-                    "base": "tiny",
-                    "casa": {"class_path": "casa_adapter.CasaSettings", "init_args": {"every": 2}},
-                    "vision": {"class_path": "casa_adapter.VisionSettings", "init_args": {"name": "siglip-tiny"}},
-                    "lora": None,
-                },
-            },
-        },
-        "data": {
-            "class_path": "casa_adapter.data.CasaDataModule",
-            "init_args": {"val": "v", "settings": {"max_frames": 4}},
-        },
-    }
-    parsed = read_recipe(str(write_recipe(tmp_path / "config.yaml", config)))
-    assert (parsed.model.casa.every, parsed.model.vision.name, parsed.model.lora) == (2, "siglip-tiny", None)
-    assert (parsed.system_prompt, parsed.val, parsed.decode) == ("", ["v"], {"max_frames": 4})
 
 
 def test_blank_images_is_the_grey_image_control(demo, adapter, tmp_path):
