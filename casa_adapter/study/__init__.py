@@ -57,6 +57,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default=defaults.out, help="report path; plots go to results/ beside it (default: %(default)s)"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of each run (OMP_NUM_THREADS; 1 keeps a shared machine from oversubscribing)",
+    )
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from the runs in --work")
     p.add_argument("--quiet", action="store_true", help="children's output to WORK/ARM/train.log and eval.log")
     return p
@@ -89,6 +94,7 @@ def main(argv: list[str]) -> int:
             work=args.work,
             out=args.out,
             quiet=args.quiet,
+            threads=args.threads,
         )
         summaries = read_summaries(settings) if args.report_only else run_study(settings)
     except (ValueError, FileNotFoundError) as e:

@@ -178,7 +178,7 @@ def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
         "",
         f"Every arm ran the recipe `{settings.recipe}` (base `{settings.base or model.get('base')}`, vision "
         f"`{model.get('vision', {}).get('name')}`, batch {data.get('settings', {}).get('batch_size')}) with seeds "
-        f"{settings.seeds}, for {settings.steps} optimizer steps"
+        f"{settings.seeds}, {settings.threads or 'default'} CPU thread(s) a run, for {settings.steps} optimizer steps"
         + (
             f" and, separately, for {settings.minutes} minutes of training, counted in steps at the arm's "
             "quiet-machine cost (the smallest median s/step of its equal-steps runs), so the load of a shared "

@@ -62,12 +62,17 @@ class StudySettings:
     """The report; its plots go to a `results/` folder beside it."""
     quiet: bool = False
     """Send the children's output (progress bars) to `WORK/ARM/train.log` and `eval.log` instead of the terminal."""
+    threads: int | None = None
+    """CPU threads of every run (`OMP_NUM_THREADS` of the children); None: torch's default (all cores). On a machine
+    shared with other work, 1 avoids oversubscription: two 2-thread jobs on 2 cores can run a step 10x slower."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or not 1 <= self.val_every <= self.steps:
             raise ValueError(f"steps must be >= 1 and val_every within [1, steps]: {self.steps}, {self.val_every}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError(f"minutes must be > 0 or None, got {self.minutes}")
 
@@ -145,13 +150,17 @@ def arm_recipe(
     return config
 
 
-def _child(args: list[str], log: Path | None) -> tuple[int, float, float]:
-    """Run `python -m casa_adapter.cli ARGS` (output to `log`, or the terminal when None):
-    (exit status, wall seconds, peak RSS in MiB)."""
+def _child(args: list[str], log: Path | None, threads: int | None = None) -> tuple[int, float, float]:
+    """Run `python -m casa_adapter.cli ARGS` (output to `log`, or the terminal when None; `threads`: its
+    OMP_NUM_THREADS): (exit status, wall seconds, peak RSS in MiB)."""
     start = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     with open(log, "w") if log else contextlib.nullcontext() as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "casa_adapter.cli", *args], stdout=sink, stderr=subprocess.STDOUT if sink else None
+            [sys.executable, "-m", "casa_adapter.cli", *args],
+            stdout=sink,
+            stderr=subprocess.STDOUT if sink else None,
+            env=env,
         )
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage.ru_maxrss / 1024
@@ -204,14 +213,14 @@ def run_arm(
         amount = f"{settings.minutes} min = {time_steps} steps at {step_cost:.2f} s/step"
     print(f"[study {index}/{total}] {arm.name} seed {seed}: {arm.label}, {amount} ({recipe_path})", flush=True)
     log = arm_dir / "train.log" if settings.quiet else None
-    code, seconds, peak = _child(["run", str(recipe_path)], log)
+    code, seconds, peak = _child(["run", str(recipe_path)], log, settings.threads)
     if code != 0:
         raise RuntimeError(
             f"study arm {arm.name!r}: training exited with status {code} (recipe {recipe_path}"
             f"{', log ' + str(log) if log else ''})"
         )
     print(f"[study {index}/{total}] {arm.name}: evaluating {arm_dir / 'adapter' / 'final'}", flush=True)
-    results = _evaluate_arm(arm, recipe_path, arm_dir, settings.quiet)
+    results = _evaluate_arm(arm, recipe_path, arm_dir, settings)
     manifest = json.loads((arm_dir / "adapter" / "final" / "manifest.json").read_text())
     summary = {
         "arm": arm.name,
@@ -221,6 +230,7 @@ def run_arm(
         "steps": settings.steps,
         "minutes": settings.minutes,
         "budget_steps": time_steps or settings.steps,
+        "threads": settings.threads,
         "step_cost": step_cost,
         "train_seconds": seconds,
         "peak_rss_mb": peak,
@@ -238,12 +248,12 @@ def run_arm(
     return summary
 
 
-def _evaluate_arm(arm: Arm, recipe_path: Path, arm_dir: Path, quiet: bool) -> dict:
+def _evaluate_arm(arm: Arm, recipe_path: Path, arm_dir: Path, settings: StudySettings) -> dict:
     """`casa-adapter eval` of the arm's final adapter in a child process: overall, count and per-type accuracy."""
     args = ["eval", "--recipe", str(recipe_path), "--adapter", str(arm_dir / "adapter" / "final")]
     args += ["--metrics", "em", "--out", str(arm_dir / "preds.jsonl"), "--json", str(arm_dir / "eval.json"), "--quiet"]
     args += ["--blank-images"] if arm.blank_images else []
-    code, _, _ = _child(args, arm_dir / "eval.log" if quiet else None)
+    code, _, _ = _child(args, arm_dir / "eval.log" if settings.quiet else None, settings.threads)
     if code != 0:
         raise RuntimeError(f"study arm {arm.name!r}: `casa-adapter {' '.join(args)}` exited with status {code}")
     results = json.loads((arm_dir / "eval.json").read_text())

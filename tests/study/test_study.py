@@ -56,6 +56,8 @@ def study(tmp_path_factory) -> Path:
                 "--out",
                 str(root / "docs" / "results.md"),
                 "--quiet",
+                "--threads",
+                "1",
             ]
         )
         == 0
@@ -81,6 +83,7 @@ def test_every_run_did_its_own_recipe_seed_and_budget(study):
             assert summary["eval"]["count"] == N_VAL and 0 <= summary["eval"]["overall"] <= 1
             assert summary["eval"]["qtypes"].keys() == {"color", "word_under"}
             assert summary["trainable"] > 0 and summary["peak_rss_mb"] > 100 and summary["step_seconds"] > 0
+            assert summary["threads"] == 1
         cost = min(
             json.loads((study / "work" / arm / f"steps-seed{s}" / "summary.json").read_text())["step_seconds"]
             for s in SEEDS
@@ -185,5 +188,7 @@ def test_time_budget_counts_steps_at_the_arms_quiet_cost(tmp_path):
     assert time_budget_steps(settings, arm) == (100, 1.2)  # 120 s / 1.2 s
     recipe = arm_recipe({}, arm, settings, tmp_path / "t", 0, "time", 100)
     assert recipe["trainer"]["max_steps"] == 100 and recipe["trainer"]["max_time"] is None
+    with pytest.raises(ValueError, match="threads"):
+        StudySettings(threads=0)
     with pytest.raises(ValueError, match="needs its steps"):
         arm_recipe({}, arm, settings, tmp_path / "t", 0, "time")
