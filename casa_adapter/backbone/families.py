@@ -116,6 +116,8 @@ FAMILIES: dict[str, SpecEntry] = {
     "deepseek_v2": _mla_complex,
     "deepseek_v3": _mla,
     "minicpm3": _mla,
+    "moshi": FamilySpec(q="q_proj.linear", k="k_proj.linear", v="v_proj.linear", o="o_proj.linear",
+                        rope_source="position_ids"),
 }  # fmt: skip
 
 

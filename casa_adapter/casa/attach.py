@@ -29,6 +29,7 @@ from casa_adapter.backbone.families import (
     set_path,
     text_config,
 )
+from casa_adapter.backbone.rotary import OwnRotary
 from casa_adapter.casa.channel import CasaChannel
 from casa_adapter.casa.ffn import ImageFFN, block_ffn
 from casa_adapter.casa.marker import MarkerEmbedding
@@ -80,7 +81,10 @@ def attach_casa(llm: nn.Module, spec: FamilySpec, settings: CasaSettings, indice
         attn = get_path(blocks[i], spec.attention)
         access = AttentionAccess(attn, spec, llm.config, llm.config.model_type)
         ffn = None if settings.image_ffn == "none" else ImageFFN(blocks[i], llm.config.model_type, settings.image_ffn)
-        set_path(blocks[i], spec.attention, CasaAttention(attn, build_layer(access, i, settings, ffn), channel))
+        own = spec.rope_source == "position_ids" and access.rope_fn is not None
+        rotary = OwnRotary(attn.rotary_emb, from_kwargs=True) if own else None  # Moshi: rotary from position_ids
+        layer = build_layer(access, i, settings, ffn)
+        set_path(blocks[i], spec.attention, CasaAttention(attn, layer, channel, rotary))
     llm.set_input_embeddings(MarkerEmbedding(llm.get_input_embeddings()))
     probe_casa(llm, spec, indices)
 

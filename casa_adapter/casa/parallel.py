@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from casa_adapter.backbone.rotary import OwnRotary
 from casa_adapter.backbone.state_keys import keep_base_keys
 from casa_adapter.casa.cache import CasaCache
 from casa_adapter.casa.channel import CasaChannel
@@ -38,11 +39,14 @@ from casa_adapter.casa.windows import CasaInputs
 class CasaAttention(nn.Module):
     """A decoder block's self-attention (`.sa`) with a CASA layer (`.casa`) beside it."""
 
-    def __init__(self, sa: nn.Module, casa: CasaLayer, channel: CasaChannel):
+    def __init__(self, sa: nn.Module, casa: CasaLayer, channel: CasaChannel, rotary: OwnRotary | None = None):
         super().__init__()
         self.sa, self.casa = sa, casa
         self.channel = channel
         """The LLM's channel: this forward call's `CasaInputs` (shared by all CASA layers of the LLM)."""
+        self.rotary = rotary
+        """Where the CASA layer's rotation comes from: None, the `position_embeddings` the block passes; else an
+        `OwnRotary` (`backbone/rotary.py`: Moshi's attention, CASA beside a non-attention mixer)."""
         keep_base_keys(self, "sa")
 
     def __getattr__(self, name: str):
@@ -69,7 +73,8 @@ class CasaAttention(nn.Module):
                 inputs = cache.pending if fresh else layer_cache.continuation(x.shape[1])
         if inputs is None:
             return out
-        extra = self.casa(x, inputs, kwargs.get("position_embeddings"), layer_cache)
+        positions = kwargs.get("position_embeddings") if self.rotary is None else self.rotary(x, kwargs, inputs)
+        extra = self.casa(x, inputs, positions, layer_cache)
         if extra is None:
             return out
         if isinstance(out, (tuple, list)):
