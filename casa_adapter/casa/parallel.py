@@ -2,8 +2,10 @@
 
 It takes the place of the block's attention attribute and holds the original as `.sa` (wrapped,
 not subclassed, so any family works): it runs SA, then adds the CASA layer's output computed on
-the same normed input. With `CasaSettings.replace` the CASA output takes the place of SA's for the
-tokens inside windows; text before the first image (window 0) keeps SA's output.
+the same normed input. In a hybrid stack with `CasaSettings.mixers="all"` it wraps a block's
+non-attention mixer the same way (`.sa` is then the mamba / linear-attention / conv module; the
+block's residual sees mixer + CASA). With `CasaSettings.replace` the CASA output takes the place of
+SA's for the tokens inside windows; text before the first image (window 0) keeps SA's output.
 Images arrive through the LLM's `CasaChannel` (`casa/channel.py`), which holds
 the `casa_inputs` the causal LM was called with; during `generate` and streaming the layer's window
 cache comes from the `CasaCache` that travels as the model's cache. The state dict keeps the base's
@@ -65,6 +67,8 @@ class CasaAttention(nn.Module):
         out = self.sa(*args, **kwargs)
         x = args[0] if args else kwargs["hidden_states"]  # (B, T, D), already normed
         cache = next((a for a in (*args, *kwargs.values()) if isinstance(a, CasaCache)), None)  # any argument name
+        if cache is None:  # a mixer whose block passes it no cache (or its own kind): the causal LM's
+            cache = self.channel.cache
         layer_cache = None
         if cache is not None:
             layer_cache = cache.layer(self.casa.layer_idx)
