@@ -49,10 +49,12 @@ class CasaSettings(_DictMixin):
     every: int = 1
     """Attach a CASA layer to every N-th decoder block, counted down from the last block (which
     always gets one): with 30 blocks and N=3, blocks 2, 5, ..., 29. N=1: all blocks, the paper's
-    quality default; larger N trades quality for cost."""
+    quality default; larger N trades quality for cost. In a hybrid stack the blocks counted are those
+    `mixers` names."""
 
     layers: list[int] | None = None
-    """Explicit decoder-block indices (negative counts from the end). Overrides `every`."""
+    """Explicit decoder-block indices (negative counts from the end). Overrides `every`. In a hybrid stack they
+    index the blocks `mixers` counts (with `mixers="attention"`, `-1` is the last attention block)."""
 
     mixers: Mixers = "attention"
     """Which blocks of a hybrid stack (attention blocks among state-space, linear-attention or convolution
