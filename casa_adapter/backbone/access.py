@@ -50,6 +50,14 @@ def _generic_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
     return rot(q), rot(k)
 
 
+def family_rope(module: nn.Module, style: str) -> Callable:
+    """The RoPE function of `module`'s family: its modeling file's `apply_rotary_pos_emb` for rotate-half (a generic
+    rotate-half where it has none), `rotate_pairs` for the pair styles (`rotary.py`)."""
+    if style != "half":
+        return rotate_pairs
+    return getattr(sys.modules.get(type(module).__module__), "apply_rotary_pos_emb", _generic_rope)
+
+
 class HeadNorm(nn.Module):
     """A weightless norm applied to each head of a (B, T, n*hd) tensor (Llama 4's q/k L2 norm)."""
 
@@ -80,8 +88,7 @@ class AttentionAccess:
         self.rotary_dims = self._rotary_dims(config)
         self.rope_fn: Callable | None = None
         if spec.rope and getattr(attn, "use_rope", True) and self._has_rotary():  # Llama 4's NoPE: `use_rope` False
-            own = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", _generic_rope)
-            self.rope_fn = own if spec.rope_style == "half" else rotate_pairs
+            self.rope_fn = family_rope(attn, spec.rope_style)
         self._check(model_type)
 
     def _has_rotary(self) -> bool:
@@ -232,4 +239,4 @@ class AttentionAccess:
         return self._per_head(get(self.spec.q_norm)), self._per_head(get(self.spec.k_norm))
 
 
-__all__ = ["AttentionAccess"]
+__all__ = ["AttentionAccess", "family_rope"]

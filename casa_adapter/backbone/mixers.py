@@ -16,12 +16,10 @@ uses no positions, as CASA's `ca` variant does.
 
 from __future__ import annotations
 
-import sys
-
 from torch import nn
 
-from casa_adapter.backbone.access import AttentionAccess, _generic_rope
-from casa_adapter.backbone.rotary import calls_with_position_ids, rotate_pairs
+from casa_adapter.backbone.access import AttentionAccess, family_rope
+from casa_adapter.backbone.rotary import calls_with_position_ids
 from casa_adapter.backbone.spec import FamilySpec, UnsupportedModelError, get_path, text_config
 
 MIXER_NAMES = ("mamba", "linear_attn", "conv", "mixer")
@@ -70,8 +68,7 @@ class MixerAccess(AttentionAccess):
         self.rotary_dims = self._rotary_dims(config)
         self.rope_fn = None
         if rotary is not None:
-            own = getattr(sys.modules.get(type(rotary).__module__), "apply_rotary_pos_emb", _generic_rope)
-            self.rope_fn = own if spec.rope_style == "half" else rotate_pairs
+            self.rope_fn = family_rope(rotary, spec.rope_style)
         if self.num_heads % self.num_kv_heads:
             raise UnsupportedModelError(
                 f"model_type {model_type!r}: {self.num_heads} attention heads do not split into"
