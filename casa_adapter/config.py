@@ -24,6 +24,7 @@ Fusion = Literal["casa", "insertion"]
 Kernel = Literal["auto", "windowed", "flex", "sdpa", "reference"]
 ImageFFN = Literal["none", "frozen", "new"]
 History = Literal["none", "gist"]
+Mixers = Literal["attention", "all"]
 
 
 class _DictMixin:
@@ -48,10 +49,21 @@ class CasaSettings(_DictMixin):
     every: int = 1
     """Attach a CASA layer to every N-th decoder block, counted down from the last block (which
     always gets one): with 30 blocks and N=3, blocks 2, 5, ..., 29. N=1: all blocks, the paper's
-    quality default; larger N trades quality for cost."""
+    quality default; larger N trades quality for cost. In a hybrid stack the blocks counted are those
+    `mixers` names."""
 
     layers: list[int] | None = None
-    """Explicit decoder-block indices (negative counts from the end). Overrides `every`."""
+    """Explicit decoder-block indices (negative counts from the end). Overrides `every`. In a hybrid stack they
+    index the blocks `mixers` counts (with `mixers="attention"`, `-1` is the last attention block)."""
+
+    mixers: Mixers = "attention"
+    """Which blocks of a hybrid stack (attention blocks among state-space, linear-attention or convolution
+    blocks: Jamba, Bamba, Qwen3-Next, LFM2, Nemotron-H) can hold a CASA layer, and so which blocks `every` and
+    `layers` count. `attention`: the self-attention blocks only. `all`: every decoder block; a block without
+    self-attention gets its CASA layer beside its mixer, with fresh q/k/v/o sized by the config's heads and
+    head_dim (zero output projection at `init="zero"`), RoPE from the model's shared rotary module where it has
+    one, and its output added to the mixer's (docs/families.md, "CASA beside a non-attention mixer"). Not with
+    `variant="shared"` or `replace=True` there. Without a hybrid stack both values place the same layers."""
 
     variant: Variant = "casa"
     """`casa`: keys = window images + window text (the paper's CA_t+v, own projections).
@@ -120,6 +132,8 @@ class CasaSettings(_DictMixin):
             raise ValueError(f"CasaSettings.init must be 'zero' or 'copy', got {self.init!r}")
         if self.fusion not in ("casa", "insertion"):
             raise ValueError(f"CasaSettings.fusion must be 'casa' or 'insertion', got {self.fusion!r}")
+        if self.mixers not in get_args(Mixers):
+            raise ValueError(f"CasaSettings.mixers must be one of {list(get_args(Mixers))}, got {self.mixers!r}")
         if self.kernel not in get_args(Kernel):
             raise ValueError(f"CasaSettings.kernel must be one of {list(get_args(Kernel))}, got {self.kernel!r}")
 
@@ -234,4 +248,5 @@ __all__ = [
     "Kernel",
     "ImageFFN",
     "History",
+    "Mixers",
 ]

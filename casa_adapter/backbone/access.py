@@ -17,9 +17,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from casa_adapter.backbone.families import FamilySpec, UnsupportedModelError, text_config
+from casa_adapter.backbone.families import FamilySpec, UnsupportedModelError, get_path, text_config
 from casa_adapter.backbone.layouts import split_qkv, split_sharded
-from casa_adapter.backbone.rotary import rotate_pairs
+from casa_adapter.backbone.rotary import calls_with_position_ids, rotate_pairs
 
 
 def _base(module: nn.Module) -> nn.Module:
@@ -48,6 +48,14 @@ def _generic_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
         return torch.cat((x_rot * cos.unsqueeze(1) + half * sin.unsqueeze(1), x_pass), dim=-1)
 
     return rot(q), rot(k)
+
+
+def family_rope(module: nn.Module, style: str) -> Callable:
+    """The RoPE function of `module`'s family: its modeling file's `apply_rotary_pos_emb` for rotate-half (a generic
+    rotate-half where it has none), `rotate_pairs` for the pair styles (`rotary.py`)."""
+    if style != "half":
+        return rotate_pairs
+    return getattr(sys.modules.get(type(module).__module__), "apply_rotary_pos_emb", _generic_rope)
 
 
 class HeadNorm(nn.Module):
@@ -79,10 +87,19 @@ class AttentionAccess:
             self.scaling = default_scaling if own else float(getattr(attn, "scaling", default_scaling))
         self.rotary_dims = self._rotary_dims(config)
         self.rope_fn: Callable | None = None
-        if spec.rope and getattr(attn, "use_rope", True):  # Llama 4's NoPE blocks: `use_rope` False
-            own = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", _generic_rope)
-            self.rope_fn = own if spec.rope_style == "half" else rotate_pairs
+        if spec.rope and getattr(attn, "use_rope", True) and self._has_rotary():  # Llama 4's NoPE: `use_rope` False
+            self.rope_fn = family_rope(attn, spec.rope_style)
         self._check(model_type)
+
+    def _has_rotary(self) -> bool:
+        """With `rope_source="position_ids"`: whether the attention holds a rotary module CASA can call as it does
+        (Moshi's depth decoder has `rotary_emb = None` and no RoPE)."""
+        own = getattr(self.attn, "rotary_emb", None)
+        return self.spec.rope_source != "position_ids" or calls_with_position_ids(own)
+
+    def _module(self, name: str) -> nn.Module | None:
+        """The attention's submodule at dotted `name` (a projection or norm the spec names), or None."""
+        return get_path(self.attn, name)
 
     def _heads_here(self, config) -> int:
         """Query heads of this block: the config's per-layer count where it has one (Laguna), else the global one."""
@@ -105,7 +122,7 @@ class AttentionAccess:
     def _kv_heads(self, config) -> int:
         """KV heads: read off a separate k projection's width, else the config's count."""
         if self.spec.layout == "separate":
-            width = getattr(_base(getattr(self.attn, self.spec.k)), "out_features", None)
+            width = getattr(_base(self._module(self.spec.k)), "out_features", None)
             if width:
                 return width // self.head_dim
         return getattr(config, "num_key_value_heads", None) or self.num_heads
@@ -121,13 +138,13 @@ class AttentionAccess:
     def _check(self, model_type: str) -> None:
         s = self.spec
         names = [s.o] + ([] if s.layout == "own" else [s.q, s.k, s.v] if s.layout == "separate" else [s.qkv])
-        missing = [n for n in names if not hasattr(self.attn, n)]
+        missing = [n for n in names if self._module(n) is None]
         if missing:
             raise UnsupportedModelError(
                 f"model_type {model_type!r}: attention {type(self.attn).__name__} lacks {missing} "
                 "expected by its FamilySpec"
             )
-        unreadable = [n for n in names if getattr(_base(getattr(self.attn, n)), "weight", None) is None]
+        unreadable = [n for n in names if getattr(_base(self._module(n)), "weight", None) is None]
         if unreadable:
             raise UnsupportedModelError(
                 f"model_type {model_type!r}: attention {type(self.attn).__name__}'s projections {unreadable} hold no"
@@ -142,12 +159,12 @@ class AttentionAccess:
 
     def _q_features(self) -> int:
         """The query features the block's projections give, read from weight shapes (nothing is copied)."""
-        a, s = self.attn, self.spec
+        s = self.spec
         if s.layout == "own":
             return self.q_size
         if s.layout == "separate":
-            return _base(getattr(a, s.q)).weight.shape[0] // (2 if s.q_gated else 1)
-        weight = _base(getattr(a, s.qkv)).weight
+            return _base(self._module(s.q)).weight.shape[0] // (2 if s.q_gated else 1)
+        weight = _base(self._module(s.qkv)).weight
         return weight.shape[1 if s.layout == "conv1d_qkv" else 0] - 2 * self.kv_size
 
     def _query_rows(self, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -165,20 +182,20 @@ class AttentionAccess:
 
     def copies(self) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
         """Fresh q, k, v, o `nn.Linear` copies of the block's (frozen, pre-LoRA) projections."""
-        a, s = self.attn, self.spec
-        o = _base(getattr(a, s.o))
+        s = self.spec
+        o = _base(self._module(s.o))
         if s.layout == "own":
             return self._own(o)
         o_weight = o.weight.t() if s.layout == "conv1d_qkv" else o.weight
         if s.layout == "separate":
-            q, k, v = (_base(getattr(a, n)) for n in (s.q, s.k, s.v))
+            q, k, v = (_base(self._module(n)) for n in (s.q, s.k, s.v))
             return (
                 _linear(*self._query_rows(q.weight, q.bias)),
                 _linear(k.weight, k.bias),
                 _linear(v.weight, v.bias),
                 _linear(o_weight, o.bias),
             )
-        fused = _base(getattr(a, s.qkv))
+        fused = _base(self._module(s.qkv))
         weight = fused.weight.t() if s.layout == "conv1d_qkv" else fused.weight  # (q+2kv, D)
         ws = self._split(weight, 0)
         bs = self._split(fused.bias, 0) if fused.bias is not None else (None, None, None)
@@ -196,7 +213,7 @@ class AttentionAccess:
 
     def norm_copies(self) -> tuple[nn.Module | None, nn.Module | None]:
         """Deep copies of the q/k norms (None where the family has none)."""
-        get = lambda n: copy.deepcopy(getattr(self.attn, n)) if n and hasattr(self.attn, n) else None
+        get = lambda n: copy.deepcopy(self._module(n)) if n and self._module(n) is not None else None
         return self._per_head(get(self.spec.q_norm)), self._per_head(get(self.spec.k_norm))
 
     def _per_head(self, norm: nn.Module | None) -> nn.Module | None:
@@ -205,21 +222,21 @@ class AttentionAccess:
 
     def live_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v from the block's own projections (LoRA included): (B, T, q_size), (B, T, kv_size) x2."""
-        a, s = self.attn, self.spec
+        s = self.spec
         if s.layout == "separate":
-            q = getattr(a, s.q)(x)  # (B, T, H*hd), or (B, T, H*2*hd) gated
+            q = self._module(s.q)(x)  # (B, T, H*hd), or (B, T, H*2*hd) gated
             if s.q_gated:
                 q = q.unflatten(-1, (self.num_heads, 2, self.head_dim))[..., 0, :].flatten(-2)  # (B, T, H*hd)
-            return q, getattr(a, s.k)(x), getattr(a, s.v)(x)
-        return self._split(getattr(a, s.qkv)(x), -1)
+            return q, self._module(s.k)(x), self._module(s.v)(x)
+        return self._split(self._module(s.qkv)(x), -1)
 
     def live_out(self, y: torch.Tensor) -> torch.Tensor:
         """The block's own output projection: (B, T, q_size) -> (B, T, D)."""
-        return getattr(self.attn, self.spec.o)(y)
+        return self._module(self.spec.o)(y)
 
     def live_norms(self) -> tuple[nn.Module | None, nn.Module | None]:
-        get = lambda n: getattr(self.attn, n) if n and hasattr(self.attn, n) else None
+        get = lambda n: self._module(n) if n else None
         return self._per_head(get(self.spec.q_norm)), self._per_head(get(self.spec.k_norm))
 
 
-__all__ = ["AttentionAccess"]
+__all__ = ["AttentionAccess", "family_rope"]

@@ -10,8 +10,8 @@
 4. **rope**: `True` when the attention's `forward` takes `position_embeddings`; where it declares them
    optional (`... | None`: NoPE blocks get None, as in Beam and LaraMini) CASA uses no positions in the
    blocks that get none (`rope_optional`). An attention that computes its rotary embedding itself (it holds
-   a `rotary_emb` module and takes no `position_embeddings`) is refused: CASA could not give image keys
-   the positions self-attention uses.
+   a `rotary_emb` module and takes no `position_embeddings`) is refused: the fallback cannot tell how it calls
+   it; a table entry with `rope_source="position_ids"` covers the Llama-style `rotary_emb(x, position_ids)`.
 
 Grouped fused projections (`query_key_value` of GPT-NeoX and friends) cannot be told from stacked ones by
 name, so the fallback never guesses them: those families are table entries.
@@ -97,7 +97,8 @@ def structural_spec(llm: nn.Module, model_type: str) -> FamilySpec:
         raise UnsupportedModelError(
             f"model_type {model_type!r}: {type(attn).__name__} computes its rotary embedding itself and takes no"
             " `position_embeddings`, so CASA cannot give its keys the positions self-attention uses; add a"
-            " FamilySpec (docs/adding-a-family.md)"
+            " FamilySpec, with rope_source='position_ids' where it calls `rotary_emb(x, position_ids)` (Moshi;"
+            " docs/adding-a-family.md)"
         )
     norms = next((n for n in NORM_NAMES if hasattr(attn, n[0]) and hasattr(attn, n[1])), (None, None))
     spec = FamilySpec(

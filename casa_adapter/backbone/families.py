@@ -8,7 +8,9 @@ goes through the structural fallback (`backbone/discover.py`); what neither can 
 
 Hybrid stacks (attention blocks among state-space, linear-attention or convolution blocks) are
 described by the same spec: `attention_blocks` lists the blocks whose `attention` attribute holds an
-attention module the spec can read, and CASA placement (`every`, `layers`) counts those blocks only.
+attention module the spec can read, and CASA placement (`every`, `layers`) counts those blocks only;
+with `CasaSettings.mixers="all"` it counts every block, and the others get CASA beside their non-attention
+mixer (`backbone/mixers.py`).
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ FAMILIES: dict[str, SpecEntry] = {
     "deepseek_v2": _mla_complex,
     "deepseek_v3": _mla,
     "minicpm3": _mla,
+    "moshi": FamilySpec(q="q_proj.linear", k="k_proj.linear", v="v_proj.linear", o="o_proj.linear",
+                        rope_source="position_ids"),
 }  # fmt: skip
 
 

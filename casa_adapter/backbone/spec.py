@@ -10,7 +10,7 @@ from typing import Literal
 
 from torch import nn
 
-from casa_adapter.backbone.rotary import RopeStyle
+from casa_adapter.backbone.rotary import RopeSource, RopeStyle
 
 Layout = Literal["separate", "fused_qkv", "grouped_qkv", "sharded_qvk", "conv1d_qkv", "own"]
 
@@ -34,6 +34,8 @@ class FamilySpec:
     each [q ; v ; k] (CodeGen's model-parallel layout); `conv1d_qkv`: GPT-2's Conv1D, stacked; `own`: projections
     CASA cannot copy (multi-head latent attention), so the CASA layer gets fresh ones of the same head count."""
     q: str = "q_proj"
+    """Projection names, dotted paths from the attention where the Linear sits one level down (Moshi's
+    `q_proj.linear` inside its `MoshiLinear`)."""
     k: str = "k_proj"
     v: str = "v_proj"
     qkv: str = "qkv_proj"
@@ -44,10 +46,13 @@ class FamilySpec:
     head_norms: bool = False
     """The q/k norms hold no weight and act on each head (Llama 4's L2 norm): CASA applies them per head."""
     rope: bool = True
-    """Whether the family uses rotary embeddings passed to attention as `position_embeddings`."""
+    """Whether the family's attention uses rotary embeddings (how it gets them: `rope_source`)."""
     rope_style: RopeStyle = "half"
     """What `position_embeddings` holds and how it rotates (`rotary.py`): `half` (cos, sin) rotate-half, `pairs_sin_cos`
     (GPT-J, CodeGen) or `pairs_complex` (one complex `freqs_cis`: Llama 4, DeepSeek-V2) rotating adjacent pairs."""
+    rope_source: RopeSource = "position_embeddings"
+    """Where the rotation comes from (`rotary.py`): the `position_embeddings` the block passes its attention, or
+    (`position_ids`, Moshi) the attention's own `rotary_emb` module called with the `position_ids` it got."""
     rope_optional: bool = False
     """Some blocks get `position_embeddings=None` and use no positions there (NoPE layers: Beam, LaraMini); CASA
     does the same in those blocks. Otherwise a RoPE family whose attention gets none is an error."""
@@ -89,12 +94,12 @@ def text_config(config):
 
 def is_attention(module: nn.Module | None, spec: FamilySpec) -> bool:
     """Whether `module` is an attention the spec can read (its projection names are there)."""
-    if module is None or not hasattr(module, spec.o):
+    if module is None or get_path(module, spec.o) is None:
         return False
     if spec.layout == "own":
         return True
     names = (spec.q, spec.k, spec.v) if spec.layout == "separate" else (spec.qkv,)
-    return all(hasattr(module, n) for n in names)
+    return all(get_path(module, n) is not None for n in names)
 
 
 __all__ = ["FamilySpec", "Layout", "UnsupportedModelError", "get_path", "is_attention", "set_path", "text_config"]

@@ -7,7 +7,9 @@ after wrapping would see `CasaAttention` where the family's attention was).
   block list, attention layout, head geometry), before anything is changed;
 - `attach_casa`: open the LLM's `CasaChannel`, set a `CasaAttention` (self-attention + CASA layer)
   in each chosen block and the `MarkerEmbedding` in place of the token embedding, then probe with
-  one tiny forward that every CASA layer receives the call's `casa_inputs` and runs;
+  one tiny forward that every CASA layer receives the call's `casa_inputs` and runs. With
+  `CasaSettings.mixers="all"` a hybrid's block without self-attention gets the same wrapper around its
+  non-attention mixer, with a CASA layer of fresh projections (`backbone/mixers.py`);
 - `detach_casa`: put the original attention modules and embedding back and close the channel (used
   to roll a failed `wrap()` back, so the user's LLM is left as it was).
 
@@ -29,6 +31,8 @@ from casa_adapter.backbone.families import (
     set_path,
     text_config,
 )
+from casa_adapter.backbone.mixers import MIXER_NAMES, MixerAccess, mixer_path, model_rotary
+from casa_adapter.backbone.rotary import OwnRotary
 from casa_adapter.casa.channel import CasaChannel
 from casa_adapter.casa.ffn import ImageFFN, block_ffn
 from casa_adapter.casa.marker import MarkerEmbedding
@@ -56,7 +60,8 @@ def casa_blocks(llm: nn.Module, spec: FamilySpec, settings: CasaSettings) -> lis
     """The block indices `settings` place CASA layers in; raises UnsupportedModelError / ValueError
     for what cannot be wrapped, without changing `llm`.
 
-    `every` and `layers` count the attention blocks (in a hybrid stack, the blocks with self-attention)."""
+    `every` and `layers` count the attention blocks (in a hybrid stack, the blocks with self-attention), or
+    with `mixers="all"` every decoder block."""
     model_type = llm.config.model_type
     if settings.variant == "shared" and spec.layout == "own":
         raise UnsupportedModelError(
@@ -64,40 +69,74 @@ def casa_blocks(llm: nn.Module, spec: FamilySpec, settings: CasaSettings) -> lis
             f"attention's ({spec.layout!r} layout) cannot serve as CASA's; use variant='casa' or 'ca'"
         )
     blocks, attending = decoder_blocks(llm, spec), attention_blocks(llm, spec)
-    indices = [attending[j] for j in layer_indices(len(attending), settings.every, settings.layers)]
+    counted = list(range(len(blocks))) if settings.mixers == "all" else attending
+    indices = [counted[j] for j in layer_indices(len(counted), settings.every, settings.layers)]
+    beside_mixers = [i for i in indices if i not in attending]
+    if beside_mixers:
+        _check_mixer_settings(model_type, settings, beside_mixers)
     for i in indices:
-        AttentionAccess(get_path(blocks[i], spec.attention), spec, llm.config, model_type)
+        if i in beside_mixers:
+            mixer_path(blocks[i], spec, model_type)
+        else:
+            AttentionAccess(get_path(blocks[i], spec.attention), spec, llm.config, model_type)
         if settings.image_ffn != "none":
             block_ffn(blocks[i], model_type)
     return indices
 
 
+def _check_mixer_settings(model_type: str, settings: CasaSettings, beside_mixers: list[int]) -> None:
+    """Settings a CASA layer beside a non-attention mixer cannot take (blocks `beside_mixers`)."""
+    where = f"model_type {model_type!r}: blocks {beside_mixers} have no self-attention (mixers='all' puts CASA"
+    if settings.variant == "shared":
+        raise ValueError(
+            f"{where} beside their mixer), so variant 'shared' has no q/k/v projections to share there; use"
+            " variant='casa' or 'ca', or mixers='attention'"
+        )
+    if settings.replace:
+        raise ValueError(
+            f"{where} beside their mixer), and replace=True would put a freshly initialised CASA layer in place of"
+            " the mixer's output; use replace=False, or mixers='attention'"
+        )
+
+
 def attach_casa(llm: nn.Module, spec: FamilySpec, settings: CasaSettings, indices: list[int]) -> None:
     """CASA layers beside blocks `indices` (after `casa_blocks`) and the marker embedding, then the probe."""
-    blocks = decoder_blocks(llm, spec)
+    blocks, model_type = decoder_blocks(llm, spec), llm.config.model_type
+    attending = set(attention_blocks(llm, spec))
     channel = CasaChannel(llm)
     for i in indices:
-        attn = get_path(blocks[i], spec.attention)
-        access = AttentionAccess(attn, spec, llm.config, llm.config.model_type)
-        ffn = None if settings.image_ffn == "none" else ImageFFN(blocks[i], llm.config.model_type, settings.image_ffn)
-        set_path(blocks[i], spec.attention, CasaAttention(attn, build_layer(access, i, settings, ffn), channel))
+        ffn = None if settings.image_ffn == "none" else ImageFFN(blocks[i], model_type, settings.image_ffn)
+        if i in attending:
+            path = spec.attention
+            attn = get_path(blocks[i], path)
+            access = AttentionAccess(attn, spec, llm.config, model_type)
+            own = spec.rope_source == "position_ids" and access.rope_fn is not None
+            rotary = OwnRotary(attn.rotary_emb, from_kwargs=True) if own else None  # Moshi: rotary from position_ids
+        else:  # beside a non-attention mixer (mixers="all")
+            path = mixer_path(blocks[i], spec, model_type)
+            attn, shared = get_path(blocks[i], path), model_rotary(llm, spec)
+            access = MixerAccess(attn, spec, llm.config, model_type, shared)
+            rotary = None if shared is None else OwnRotary(shared, from_kwargs=False)  # at the call's positions
+        layer = build_layer(access, i, settings, ffn)
+        set_path(blocks[i], path, CasaAttention(attn, layer, channel, rotary))
     llm.set_input_embeddings(MarkerEmbedding(llm.get_input_embeddings()))
-    probe_casa(llm, spec, indices)
+    probe_casa(llm, channel, indices)
 
 
 def detach_casa(llm: nn.Module, spec: FamilySpec) -> None:
     """Put back every attention module and the token embedding that `attach_casa` wrapped; close the channel."""
     for block in decoder_blocks(llm, spec):
-        attn = get_path(block, spec.attention)
-        if isinstance(attn, CasaAttention):
-            attn.channel.close()
-            set_path(block, spec.attention, attn.sa)
+        for path in (spec.attention, *MIXER_NAMES):
+            wrapped = get_path(block, path)
+            if isinstance(wrapped, CasaAttention):
+                wrapped.channel.close()
+                set_path(block, path, wrapped.sa)
     embedding = llm.get_input_embeddings()
     if isinstance(embedding, MarkerEmbedding):
         llm.set_input_embeddings(embedding.base)
 
 
-def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
+def probe_casa(llm: nn.Module, channel: CasaChannel, indices: list[int]) -> None:
     """One 2-token forward with an image: every CASA layer must receive the call's `casa_inputs` and run."""
     ref = next(llm.parameters())
     marker = llm.get_input_embeddings().marker_id
@@ -110,7 +149,6 @@ def probe_casa(llm: nn.Module, spec: FamilySpec, indices: list[int]) -> None:
         one,
         one,
     )
-    channel = get_path(decoder_blocks(llm, spec)[indices[0]], spec.attention).channel
     try:
         with torch.no_grad():
             llm(input_ids=ids, casa_inputs=inputs, use_cache=False)

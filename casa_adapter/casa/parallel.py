@@ -2,8 +2,10 @@
 
 It takes the place of the block's attention attribute and holds the original as `.sa` (wrapped,
 not subclassed, so any family works): it runs SA, then adds the CASA layer's output computed on
-the same normed input. With `CasaSettings.replace` the CASA output takes the place of SA's for the
-tokens inside windows; text before the first image (window 0) keeps SA's output.
+the same normed input. In a hybrid stack with `CasaSettings.mixers="all"` it wraps a block's
+non-attention mixer the same way (`.sa` is then the mamba / linear-attention / conv module; the
+block's residual sees mixer + CASA). With `CasaSettings.replace` the CASA output takes the place of
+SA's for the tokens inside windows; text before the first image (window 0) keeps SA's output.
 Images arrive through the LLM's `CasaChannel` (`casa/channel.py`), which holds
 the `casa_inputs` the causal LM was called with; during `generate` and streaming the layer's window
 cache comes from the `CasaCache` that travels as the model's cache. The state dict keeps the base's
@@ -28,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from casa_adapter.backbone.rotary import OwnRotary
 from casa_adapter.backbone.state_keys import keep_base_keys
 from casa_adapter.casa.cache import CasaCache
 from casa_adapter.casa.channel import CasaChannel
@@ -38,11 +41,14 @@ from casa_adapter.casa.windows import CasaInputs
 class CasaAttention(nn.Module):
     """A decoder block's self-attention (`.sa`) with a CASA layer (`.casa`) beside it."""
 
-    def __init__(self, sa: nn.Module, casa: CasaLayer, channel: CasaChannel):
+    def __init__(self, sa: nn.Module, casa: CasaLayer, channel: CasaChannel, rotary: OwnRotary | None = None):
         super().__init__()
         self.sa, self.casa = sa, casa
         self.channel = channel
         """The LLM's channel: this forward call's `CasaInputs` (shared by all CASA layers of the LLM)."""
+        self.rotary = rotary
+        """Where the CASA layer's rotation comes from: None, the `position_embeddings` the block passes; else an
+        `OwnRotary` (`backbone/rotary.py`: Moshi's attention, CASA beside a non-attention mixer)."""
         keep_base_keys(self, "sa")
 
     def __getattr__(self, name: str):
@@ -61,6 +67,8 @@ class CasaAttention(nn.Module):
         out = self.sa(*args, **kwargs)
         x = args[0] if args else kwargs["hidden_states"]  # (B, T, D), already normed
         cache = next((a for a in (*args, *kwargs.values()) if isinstance(a, CasaCache)), None)  # any argument name
+        if cache is None:  # a mixer whose block passes it no cache (or its own kind): the causal LM's
+            cache = self.channel.cache
         layer_cache = None
         if cache is not None:
             layer_cache = cache.layer(self.casa.layer_idx)
@@ -69,7 +77,8 @@ class CasaAttention(nn.Module):
                 inputs = cache.pending if fresh else layer_cache.continuation(x.shape[1])
         if inputs is None:
             return out
-        extra = self.casa(x, inputs, kwargs.get("position_embeddings"), layer_cache)
+        positions = kwargs.get("position_embeddings") if self.rotary is None else self.rotary(x, kwargs, inputs)
+        extra = self.casa(x, inputs, positions, layer_cache)
         if extra is None:
             return out
         if isinstance(out, (tuple, list)):

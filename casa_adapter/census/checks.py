@@ -134,13 +134,13 @@ def _check_step(model, ids: torch.Tensor) -> None:
     _expect(any(".casa." in n for n in moved), "step", "no CASA parameter moved")
 
 
-def _run_checks(model_type: str, llm: nn.Module, ids_text: torch.Tensor) -> None:
+def _run_checks(model_type: str, llm: nn.Module, ids_text: torch.Tensor, options: dict) -> None:
     import casa_adapter
 
     llm.requires_grad_(False)  # frozen, as wrap() leaves it: torch's matmul folds differently for a weight that
     with torch.no_grad():  # requires grad (Jamba's `dt_proj.weight @ x`), which moves the base's logits by 1e-7
         base = llm(ids_text).logits
-    model = casa_adapter.wrap(llm, vision=CensusTower())
+    model = casa_adapter.wrap(llm, vision=CensusTower(), **options)
     with torch.no_grad():
         _expect(torch.equal(model(ids_text).logits, base), "text", "text-only logits differ from the base")
     _move_trainables(model)
@@ -149,8 +149,9 @@ def _run_checks(model_type: str, llm: nn.Module, ids_text: torch.Tensor) -> None
         check(model, ids)
 
 
-def check_type(model_type: str) -> Outcome:
-    """Run the census checks on a tiny random `model_type` (see the module docstring)."""
+def check_type(model_type: str, **options) -> Outcome:
+    """Run the census checks on a tiny random `model_type` (see the module docstring), wrapped with `options`
+    (`wrap()` options: the census itself uses the defaults; `mixers="all"` checks CASA beside a hybrid's mixers)."""
     start = time.perf_counter()
     if model_type in OUT_OF_SCOPE:
         return Outcome(model_type, "out-of-scope", detail=OUT_OF_SCOPE[model_type])
@@ -163,14 +164,14 @@ def check_type(model_type: str) -> Outcome:
                 llm(ids_text)
         except Exception as e:  # the tiny base does not build: not counted against the adapter
             return Outcome(model_type, "no-base", "base", f"{type(e).__name__}: {e}"[:300], time.perf_counter() - start)
-        outcome = _outcome(model_type, llm, ids_text)
+        outcome = _outcome(model_type, llm, ids_text, options)
     outcome.seconds = time.perf_counter() - start
     return outcome
 
 
-def _outcome(model_type: str, llm: nn.Module, ids_text: torch.Tensor) -> Outcome:
+def _outcome(model_type: str, llm: nn.Module, ids_text: torch.Tensor, options: dict) -> Outcome:
     try:
-        _run_checks(model_type, llm, ids_text)
+        _run_checks(model_type, llm, ids_text, options)
     except UnsupportedModelError as e:
         named = {repr(model_type), repr(getattr(llm.config, "model_type", model_type))}
         status = "refused" if any(n in str(e) for n in named) else "crash"

@@ -41,6 +41,7 @@ REPRESENTATIVE = [
     "laguna",  # per-layer query head counts
     "mpt",  # config says use_cache=False: generate still decodes with CASA's cache
     "jamba",  # hybrid with mamba blocks; the base compared frozen
+    "moshi",  # projections one level down (`q_proj.linear`), rotary computed by the attention from position_ids
 ]
 
 
@@ -50,7 +51,7 @@ def test_representative_types_pass(model_type):
     assert outcome.status == "pass", (outcome.check, outcome.detail)
 
 
-@pytest.mark.parametrize("model_type", ["openai-gpt", "minimax", "moshi", "mamba"])
+@pytest.mark.parametrize("model_type", ["openai-gpt", "minimax", "jetmoe", "mamba"])
 def test_what_cannot_be_wrapped_is_refused_naming_it(model_type):
     outcome = check_type(model_type)
     if model_type in OUT_OF_SCOPE:
@@ -121,5 +122,5 @@ def test_full_census_has_no_crash():
     outcomes = run_census()
     s = summary(outcomes)
     assert s["crash"] == 0, [o for o in outcomes if o.status == "crash"]
-    # issue 13's target is 0.95; measured 117/124 = 0.944 (2026-12-03): this floor guards against regressions
-    assert s["pass_rate"] >= 0.94, s
+    # issue 13's target; 117/124 = 0.944 measured before moshi passed (2026-12-03), 118/124 = 0.952 with it
+    assert s["pass_rate"] >= 0.95, s

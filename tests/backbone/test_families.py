@@ -41,6 +41,25 @@ def test_copy_init_reproduces_self_attention(family):
     assert torch.allclose(casa_out, sa_out, atol=1e-5), (casa_out - sa_out).abs().max()
 
 
+def test_moshi_copy_init_reproduces_its_self_attention():
+    """Moshi: q/k/v/o copied from the `.linear` inside each `MoshiLinear`, RoPE from the attention's own `rotary_emb`
+    at the position ids it gets (offset here): over a text-only window CASA output equals Moshi's attention."""
+    from casa_adapter.census.checks import CensusTower
+    from casa_adapter.census.tiny import tiny_base
+
+    llm = tiny_base("moshi")
+    casa_adapter.wrap(llm, vision=CensusTower(), init="copy", layers=[0])
+    wrapper, T = llm.model.layers[0].self_attn, 6
+    x, positions = torch.randn(1, T, llm.config.hidden_size), torch.arange(T).unsqueeze(0) + 5
+    one = torch.zeros(1, 1, dtype=torch.long)
+    inputs = CasaInputs(torch.ones(1, T, dtype=torch.long), positions, torch.zeros(1, 1, x.shape[-1]), one, one)
+    with torch.no_grad():
+        casa_out = wrapper.casa(x, inputs, wrapper.rotary(x, {"position_ids": positions}, inputs))
+        causal = torch.where(torch.tril(torch.ones(T, T, dtype=torch.bool)), 0.0, float("-inf"))[None, None]
+        sa_out = wrapper.sa(x, attention_mask=causal, position_ids=positions)[0]
+    assert torch.allclose(casa_out, sa_out, atol=1e-5), (casa_out - sa_out).abs().max()
+
+
 def test_structural_fallback_wraps_an_unlisted_family():
     cfg = tf.Starcoder2Config(**{**TINY, "sliding_window": None})
     assert cfg.model_type not in FAMILIES

@@ -5,6 +5,7 @@ import torch
 from transformers.models.gptj import modeling_gptj
 from transformers.models.llama import modeling_llama
 from transformers.models.llama4 import modeling_llama4
+from transformers.models.moshi import modeling_moshi
 
 from casa_adapter.backbone.access import AttentionAccess
 from casa_adapter.backbone.families import family_spec
@@ -68,3 +69,30 @@ def test_optional_positions_are_found_and_used_only_where_given():
     spec = family_spec(tiny_base("lara_mini"))
     assert spec.rope and spec.rope_optional
     assert not family_spec(tiny_base("llama")).rope_optional
+
+
+def test_moshi_rotary_comes_from_its_position_ids_and_turns_as_moshi_does():
+    """Moshi's attention computes (cos, sin) itself from `position_ids`: CASA calls the same `rotary_emb` with the
+    position ids the attention got (an offset here), and rotates as Moshi's own apply_rotary_pos_emb."""
+    import casa_adapter
+    from casa_adapter.census.checks import CensusTower
+
+    llm = tiny_base("moshi")
+    model = casa_adapter.wrap(llm, vision=CensusTower(), layers=[-1])
+    attention = llm.model.layers[-1].self_attn
+    layer = attention.casa
+    assert layer.rope_fn is modeling_moshi.apply_rotary_pos_emb and attention.rotary.from_kwargs
+    calls = []
+    attention.sa.rotary_emb.register_forward_hook(lambda m, args, out: calls.append((args[1], out)))
+    ids = torch.tensor([[5, model.image_token_id, 7, 8, 9]])
+    positions = torch.arange(5).unsqueeze(0) + 7
+    with torch.no_grad():
+        model(ids, images=[torch.rand(1, 3, 16, 16)], position_ids=positions)
+    (sa_ids, (sa_cos, sa_sin)), (casa_ids, (cos, sin)) = calls  # self-attention's call, then CASA's
+    assert torch.equal(sa_ids, positions) and torch.equal(casa_ids, positions)
+    assert torch.equal(cos, sa_cos) and torch.equal(sin, sa_sin)
+    q, k = torch.randn(1, layer.num_heads, 5, layer.head_dim), torch.randn(1, layer.num_kv_heads, 5, layer.head_dim)
+    got_q, got_k = layer._rope(q, k, cos, sin)
+    want_q, want_k = modeling_moshi.apply_rotary_pos_emb(q, k, sa_cos, sa_sin)
+    assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
+    assert not torch.allclose(got_q, q)  # the rotation is not the identity at these positions
