@@ -16,6 +16,7 @@ what was looked for.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 from torch import nn
@@ -24,9 +25,20 @@ from casa_adapter.backbone.spec import UnsupportedModelError
 
 FFN_NAMES = ("mlp", "feed_forward", "ffn")
 """Attribute names of a decoder block's feed-forward, tried in order."""
-NORM_NAMES = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "ffn_norm")
+NORM_NAMES = (
+    "pre_feedforward_layernorm",
+    "post_attention_layernorm",
+    "ln_2",
+    "ffn_norm",
+    "pre_ff_layernorm",
+    "feedforward_layernorm",
+    "norm_2",
+    "mlp_norm",
+)
 """Attribute names of the norm a block applies before its feed-forward, tried in order (Gemma 2/3
-first: their `post_attention_layernorm` normalises the attention output instead)."""
+first: their `post_attention_layernorm` normalises the attention output instead). The later names:
+Bamba / Jamba / Falcon-H1 (`pre_ff_layernorm`), Apertus (`feedforward_layernorm`), MPT (`norm_2`),
+ModernBERT's decoder (`mlp_norm`)."""
 
 
 def block_ffn(block: nn.Module, model_type: str) -> tuple[nn.Module, nn.Module]:
@@ -49,6 +61,8 @@ class ImageFFN(nn.Module):
         super().__init__()
         norm, ffn = block_ffn(block, model_type)
         self.mode = mode
+        self.adds_residual = "residual" in inspect.signature(ffn.forward).parameters
+        """The FFN takes the residual and returns residual + FFN (MPT's `MptMLP(hidden, residual)`)."""
         if mode == "new":
             self.norm, self.ffn = copy.deepcopy(norm), copy.deepcopy(ffn)  # trainable: `wrap` puts them in `casa`
         else:
@@ -57,7 +71,7 @@ class ImageFFN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, I, D) image tokens -> (B, I, D)."""
         norm, ffn = (self.norm, self.ffn) if self.mode == "new" else self._live
-        return x + ffn(norm(x))
+        return ffn(norm(x), x) if self.adds_residual else x + ffn(norm(x))
 
 
 __all__ = ["ImageFFN", "block_ffn", "FFN_NAMES", "NORM_NAMES"]

@@ -163,6 +163,32 @@ def test_image_ffn_frozen_adds_nothing_new_copies_the_block_ffn():
     assert all(p.grad is None for p in frozen.llm.model.layers[0].mlp.parameters())  # the block's FFN stays frozen
 
 
+@pytest.mark.parametrize(
+    "model_type, norm, ffn",
+    [
+        ("bamba", "pre_ff_layernorm", "feed_forward"),
+        ("apertus", "feedforward_layernorm", "mlp"),
+        ("mpt", "norm_2", "ffn"),
+        ("gemma2", "pre_feedforward_layernorm", "mlp"),
+    ],
+)
+def test_image_ffn_finds_each_familys_norm_and_feed_forward(model_type, norm, ffn):
+    """The frozen image FFN calls the block's own norm-before-FFN and FFN (by the family's names), so image
+    tokens become x + FFN(norm(x)) with those very modules."""
+    from casa_adapter.census.tiny import tiny_base
+
+    model = casa_adapter.wrap(tiny_base(model_type), vision=tiny_tower(), image_ffn="frozen")
+    layers = [m for m in model.modules() if isinstance(m, CasaLayer)]
+    assert len(layers) == len(model.layer_indices) > 0
+    for index, layer in zip(model.layer_indices, layers):
+        block = model.decoder_blocks()[index]
+        live_norm, live_ffn = layer.image_ffn._live
+        assert live_norm is getattr(block, norm) and live_ffn is getattr(block, ffn)
+        x = torch.randn(1, 3, model.llm.config.hidden_size)
+        expected = live_ffn(live_norm(x), x) if model_type == "mpt" else x + live_ffn(live_norm(x))  # MPT adds inside
+        assert torch.equal(layer.image_ffn(x), expected)
+
+
 def test_image_ffn_refuses_a_block_without_a_feed_forward():
     llm = tiny_llm("llama")
     for block in llm.model.layers:
