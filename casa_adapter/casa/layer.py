@@ -7,7 +7,8 @@ This is the attention computation every variant shares: project the call's text 
 and values where the variant has text keys) and its image tokens (keys and values only: image tokens
 are never queries), apply the family's q/k norms and RoPE (image keys sit at their window's start),
 put the keys of the layer's window cache in front, and run the CASA kernel over the call's
-`KeyLayout` with the family's score modifiers (ALiBi, softcapping, sliding window: `kernels/mods.py`). `norm'` is the layer's own RMSNorm on image tokens (`CasaSettings.image_norm`).
+`KeyLayout` with the family's score modifiers (ALiBi, softcapping, sliding window: `kernels/mods.py`).
+`norm'` is the layer's own RMSNorm on image tokens (`CasaSettings.image_norm`).
 
 Where the projections come from, whether text keys take part and whether RoPE applies is the
 variant's business: the subclasses in `variants.py`, one per `CasaSettings.variant`. The options
