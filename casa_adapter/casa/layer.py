@@ -31,7 +31,7 @@ from casa_adapter.casa import history
 from casa_adapter.casa.cache import LayerCache
 from casa_adapter.casa.ffn import ImageFFN
 from casa_adapter.casa.kernels import KERNELS
-from casa_adapter.casa.kernels.mods import active
+from casa_adapter.casa.kernels.mods import effective
 from casa_adapter.casa.windows import CasaInputs
 from casa_adapter.config import CasaSettings
 
@@ -64,7 +64,7 @@ class CasaLayer(nn.Module):
         self.rope_fn = access.rope_fn if self.uses_rope else None
         self.rope_style, self.rope_optional = access.spec.rope_style, access.spec.rope_optional
         self.rotary_dims = access.rotary_dims
-        self.mods = active(family_score_mods(access, layer_idx))
+        self.mods = effective(family_score_mods(access, layer_idx))
         """The family's ALiBi / softcap / sliding window for this block (`backbone/score_mods.py`), None: none."""
 
     # -- what a variant provides ----------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from casa_adapter.casa.kernels.layout import KeyLayout
-from casa_adapter.casa.kernels.mods import ScoreMods, active, block_attention, modded_scores, window_allowed
+from casa_adapter.casa.kernels.mods import ScoreMods, block_attention, effective, modded_scores, window_allowed
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -23,7 +23,7 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 def reference_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: ScoreMods | None = None):
     """Dense-mask CASA attention. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
     k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
-    mods = active(mods)
+    mods = effective(mods)
     allowed = layout.mask()  # (B, Tq, K)
     window = window_allowed(mods, layout.q_index, layout.k_index)  # (B, Tq, K) or None
     if window is not None:
@@ -40,7 +40,7 @@ def sdpa_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: ScoreM
     """Same as the reference through SDPA. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
     k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
     allowed = layout.mask().unsqueeze(1)  # (B, 1, Tq, K)
-    return block_attention(q, k, v, allowed, layout.q_index, layout.k_index, scaling, active(mods))
+    return block_attention(q, k, v, allowed, layout.q_index, layout.k_index, scaling, effective(mods))
 
 
 __all__ = ["reference_casa_attention", "sdpa_casa_attention", "repeat_kv"]

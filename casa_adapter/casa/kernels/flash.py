@@ -22,7 +22,7 @@ import importlib.util
 import torch
 
 from casa_adapter.casa.kernels.layout import KeyLayout
-from casa_adapter.casa.kernels.mods import ScoreMods, active
+from casa_adapter.casa.kernels.mods import ScoreMods, effective
 from casa_adapter.casa.kernels.plan import chunk_windows
 from casa_adapter.casa.kernels.windowed import windowed_casa_attention
 
@@ -84,7 +84,7 @@ def varlen_layout(layout: KeyLayout):
 def flash_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: ScoreMods | None = None):
     """CASA attention through FlashAttention varlen. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
     B, H, Tq, hd = q.shape
-    mods = active(mods)
+    mods = effective(mods)
     segments = layout.derived("varlen", varlen_layout) if flash_fits(mods) else None
     if segments is None:
         return windowed_casa_attention(q, k, v, layout, scaling, mods)

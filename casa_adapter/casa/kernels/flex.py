@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from casa_adapter.casa.kernels.layout import KeyLayout
-from casa_adapter.casa.kernels.mods import ScoreMods, active
+from casa_adapter.casa.kernels.mods import ScoreMods, effective
 
 BLOCK = 128
 """flex_attention's block size; the layout tensors the mask_mod reads are padded to a multiple of it."""
@@ -166,7 +166,7 @@ def flex_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: ScoreM
             "CASA kernel 'flex' has no backward on CPU (torch's flex_attention runs only its forward there): "
             "use kernel='windowed' or 'auto' to train on CPU"
         )
-    mods = active(mods)
+    mods = effective(mods)
     window = None if mods is None else mods.sliding_window
     name = "flex" if window is None else f"flex/sliding_window={window}"
     plan = layout.derived(name, functools.partial(flex_plan, sliding_window=window))

@@ -21,6 +21,7 @@ where it can, an explicit fp32 softmax where softcapping needs it, since SDPA ha
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -45,11 +46,16 @@ class ScoreMods:
         return self.alibi is not None or self.softcap is not None or self.sliding_window is not None
 
     def slopes(self, device: torch.device) -> torch.Tensor:
-        """The ALiBi slopes as an fp32 tensor (H,) on `device`."""
-        return torch.tensor(self.alibi, dtype=torch.float32, device=device)
+        """The ALiBi slopes as an fp32 tensor (H,) on `device` (made once per slopes and device)."""
+        return _slopes(self.alibi, torch.device(device))
 
 
-def active(mods: ScoreMods | None) -> ScoreMods | None:
+@functools.lru_cache(maxsize=16)
+def _slopes(alibi: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(alibi, dtype=torch.float32, device=device)  # (H,)
+
+
+def effective(mods: ScoreMods | None) -> ScoreMods | None:
     """`mods` when it sets any modifier, else None (kernels take their plain path)."""
     return mods if mods is not None and mods.active else None
 
@@ -123,4 +129,4 @@ def _math_attention(q, k, v, bias: torch.Tensor, scaling: float, softcap: float)
     return torch.matmul(probs, v.unsqueeze(2)).view(n, H, Lq, hd)
 
 
-__all__ = ["ScoreMods", "active", "alibi_bias", "block_attention", "modded_scores", "window_allowed"]
+__all__ = ["ScoreMods", "alibi_bias", "block_attention", "effective", "modded_scores", "window_allowed"]

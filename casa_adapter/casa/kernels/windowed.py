@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from casa_adapter.casa.kernels.layout import KeyLayout
-from casa_adapter.casa.kernels.mods import ScoreMods, active, block_attention
+from casa_adapter.casa.kernels.mods import ScoreMods, block_attention, effective
 from casa_adapter.casa.kernels.plan import plan_windows
 
 
@@ -43,7 +43,7 @@ def _gather_blocks(x: torch.Tensor, slots: torch.Tensor, sizes: list[tuple[int, 
 def windowed_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: ScoreMods | None = None):
     """CASA attention per window block. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
     B, H, Tq, hd = q.shape
-    mods = active(mods)
+    mods = effective(mods)
     plan = layout.derived("windowed", plan_windows)
     if plan is None:
         return q.new_zeros(q.shape)
