@@ -12,7 +12,15 @@ from __future__ import annotations
 import torch
 
 from casa_adapter.casa.kernels.layout import KeyLayout
-from casa_adapter.casa.kernels.mods import ScoreMods, block_attention, effective, modded_scores, window_allowed
+from casa_adapter.casa.kernels.mods import (
+    BlockMask,
+    ScoreMods,
+    block_attention,
+    effective,
+    modded_scores,
+    prepare_block,
+    window_allowed,
+)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -39,8 +47,14 @@ def reference_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: S
 def sdpa_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: ScoreMods | None = None):
     """Same as the reference through SDPA. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
     k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
-    allowed = layout.mask().unsqueeze(1)  # (B, 1, Tq, K)
-    return block_attention(q, k, v, allowed, layout.q_index, layout.k_index, scaling, effective(mods))
+    mods = effective(mods)
+    prepared = layout.derived(("sdpa", mods, q.dtype), lambda lay: _prepare(lay, mods, q.dtype))
+    return block_attention(q, k, v, prepared, scaling, mods)
+
+
+def _prepare(layout: KeyLayout, mods: ScoreMods | None, dtype: torch.dtype) -> BlockMask:
+    """The dense (B, 1, Tq, K) mask of the layout with the modifiers, as one block batch of B."""
+    return prepare_block(layout.mask().unsqueeze(1), layout.q_index, layout.k_index, mods, dtype)
 
 
 __all__ = ["reference_casa_attention", "sdpa_casa_attention", "repeat_kv"]

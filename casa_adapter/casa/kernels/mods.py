@@ -14,15 +14,18 @@ their window's start, so ALiBi biases them by the distance to the window start, 
 start has slid out of the window is not seen by that query (the window's recent text still is).
 
 This module holds the rule once, in tensor form, for every kernel: `window_allowed` (the window as a
-boolean), `alibi_bias` (the additive bias), `modded_scores` (cap then bias, the reference's order) and
-`block_attention` (one attention call over a block of queries and keys: SDPA with a boolean or float mask
-where it can, an explicit fp32 softmax where softcapping needs it, since SDPA has no softcap).
+boolean), `alibi_bias` (the additive bias), `modded_scores` (cap then bias, the reference's order),
+`prepare_block` (a block's boolean or float mask, from indices alone: kernels keep it with the layout,
+so every CASA layer of a forward with the same modifiers shares it) and `block_attention` (one attention
+call over a block: SDPA with that mask where it can, an explicit fp32 softmax where softcapping needs
+it, since SDPA has no softcap).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -86,47 +89,65 @@ def modded_scores(scores: torch.Tensor, mods: ScoreMods | None, q_index, k_index
     return scores
 
 
-def block_attention(q, k, v, allowed, q_index, k_index, scaling: float, mods: ScoreMods | None) -> torch.Tensor:
-    """Attention over one block batch with the modifiers. q (n, H, Lq, hd); k, v (n, Hkv, Lk, hd); allowed
-    (n, 1, Lq, Lk) bool or None (all pairs; padding rows must be all False); q_index (n, Lq), k_index (n, Lk)
-    sequence indices. Returns (n, H, Lq, hd), exactly 0 for the queries left without any key."""
+class BlockMask(NamedTuple):
+    """What a block's attention call needs from the layout and the modifiers, independent of q/k/v (so the
+    CASA layers of one forward share it: `prepare_block` runs once per layout, modifiers and dtype)."""
+
+    mask: torch.Tensor | None
+    """(n, 1, Lq, Lk) bool, or (n, H or 1, Lq, Lk) additive (ALiBi on allowed pairs, -inf elsewhere; fp32 for
+    the softcap path, the call's dtype for SDPA); rows without a key are all allowed / 0. None: all pairs."""
+    seen: torch.Tensor | None
+    """(n, 1, Lq, 1) bool: the row has a key (the others are zeroed). None: every row has one."""
+
+
+def prepare_block(allowed, q_index, k_index, mods: ScoreMods | None, dtype: torch.dtype) -> BlockMask:
+    """The mask of one block batch. allowed (n, 1, Lq, Lk) bool or None (all pairs; padding rows must be all
+    False); q_index (n, Lq), k_index (n, Lk) sequence indices; dtype: the call's q dtype."""
     window = window_allowed(mods, q_index, k_index)  # (n, Lq, Lk)
     if window is not None:
         allowed = window.unsqueeze(1) if allowed is None else allowed & window.unsqueeze(1)
     seen = None if allowed is None else allowed.any(-1, keepdim=True)  # (n, 1, Lq, 1)
-    gqa = k.shape[1] != q.shape[1]
     if mods is None or (mods.alibi is None and mods.softcap is None):
-        mask = None if allowed is None else allowed | ~seen  # rows without a key stay finite, zeroed below
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa)
-    else:
-        bias = _score_bias(mods, allowed, seen, q_index, k_index)  # (n, H or 1, Lq, Lk) fp32
-        if mods.softcap is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scaling, enable_gqa=gqa)
-        else:
-            out = _math_attention(q, k, v, bias, scaling, mods.softcap)
-    return out if seen is None else out * seen.to(out.dtype)
-
-
-def _score_bias(mods: ScoreMods, allowed, seen, q_index, k_index) -> torch.Tensor:
-    """(n, H or 1, Lq, Lk) fp32 additive term: the ALiBi bias (or 0) on allowed pairs, -inf on the others, and 0
-    on every pair of a row without any key (kept finite, zeroed after; padding's huge indices never enter)."""
+        return BlockMask(None if allowed is None else allowed | ~seen, seen)  # key-less rows finite, zeroed after
     zero = torch.zeros((), dtype=torch.float32, device=q_index.device)
     bias = alibi_bias(mods, q_index, k_index) if mods.alibi is not None else zero  # (n, H, Lq, Lk) or ()
-    if allowed is None:
-        return bias
-    return torch.where(seen, torch.where(allowed, bias, float("-inf")), zero)
+    if allowed is not None:  # padding's huge indices never reach the softmax: its rows are 0
+        bias = torch.where(seen, torch.where(allowed, bias, float("-inf")), zero)
+    return BlockMask(bias if mods.softcap is not None else bias.to(dtype), seen)
+
+
+def block_attention(q, k, v, prepared: BlockMask, scaling: float, mods: ScoreMods | None) -> torch.Tensor:
+    """Attention over one block batch. q (n, H, Lq, hd); k, v (n, Hkv, Lk, hd); `prepared` from `prepare_block`.
+    Returns (n, H, Lq, hd), exactly 0 for the queries left without any key."""
+    if mods is not None and mods.softcap is not None:
+        out = _math_attention(q, k, v, prepared.mask, scaling, mods.softcap)
+    else:
+        gqa = k.shape[1] != q.shape[1]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=prepared.mask, scale=scaling, enable_gqa=gqa)
+    return out if prepared.seen is None else out * prepared.seen.to(out.dtype)
 
 
 def _math_attention(q, k, v, bias: torch.Tensor, scaling: float, softcap: float) -> torch.Tensor:
     """The explicit path (softcapping, which SDPA lacks): fp32 scaled scores, cap, + bias (ALiBi and mask),
-    softmax. q (n, H, Lq, hd); k, v (n, Hkv, Lk, hd); bias (n, H or 1, Lq, Lk). GQA by grouping query heads."""
+    softmax. q (n, H, Lq, hd); k, v (n, Hkv, Lk, hd); bias (n, H or 1, Lq, Lk) fp32, () or None. GQA by
+    grouping query heads."""
     n, H, Lq, hd = q.shape
     Hkv = k.shape[1]
     qg = q.view(n, Hkv, H // Hkv, Lq, hd)  # (n, Hkv, r, Lq, hd)
     scores = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)).view(n, H, Lq, -1).float() * scaling  # (n, H, Lq, Lk)
-    scores = softcap * torch.tanh(scores / softcap) + bias
+    scores = softcap * torch.tanh(scores / softcap)
+    scores = scores if bias is None else scores + bias
     probs = torch.softmax(scores, dim=-1).to(v.dtype).view(n, Hkv, H // Hkv, Lq, -1)  # (n, Hkv, r, Lq, Lk)
     return torch.matmul(probs, v.unsqueeze(2)).view(n, H, Lq, hd)
 
 
-__all__ = ["ScoreMods", "alibi_bias", "block_attention", "effective", "modded_scores", "window_allowed"]
+__all__ = [
+    "BlockMask",
+    "ScoreMods",
+    "alibi_bias",
+    "block_attention",
+    "effective",
+    "modded_scores",
+    "prepare_block",
+    "window_allowed",
+]

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from casa_adapter.casa.kernels.layout import KeyLayout
-from casa_adapter.casa.kernels.mods import ScoreMods, block_attention, effective
-from casa_adapter.casa.kernels.plan import plan_windows
+from casa_adapter.casa.kernels.mods import BlockMask, ScoreMods, block_attention, effective, prepare_block
+from casa_adapter.casa.kernels.plan import WindowPlan, plan_windows
 
 
 def _gather_blocks(x: torch.Tensor, slots: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -56,16 +56,28 @@ def windowed_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: Sc
         dest = torch.where(plan.keep, plan.q_slots, B * Tq).split([n * lq for n, lq in q_sizes])
         head = torch.arange(H, device=q.device).view(1, H, 1)
         dest = [(d.view(n, 1, lq) * H + head).reshape(-1) for d, (n, lq) in zip(dest, q_sizes)]
-    keeps = plan.keep.split([n * lq for n, lq in q_sizes])
+    masks = plan.masks
+    if mods is not None:  # one BlockMask per bucket, made once per layout, modifiers and dtype
+        masks = layout.derived(("windowed", mods, q.dtype), lambda lay: _modded_masks(plan, mods, q.dtype))
     out = q.new_zeros((B * Tq + 1) * H, hd)  # token-major rows, one spare token
-    for i, (qb, kb, vb, mask, at) in enumerate(zip(qs, ks, vs, plan.masks, dest)):
+    for qb, kb, vb, mask, at in zip(qs, ks, vs, masks, dest):
         if mods is None:
             ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scaling, enable_gqa=k.shape[1] != H)
-        else:  # padding and key-less slots as rows without keys (their outputs go to the spare row anyway)
-            allowed = None if mask is None else mask & keeps[i].view(qb.shape[0], 1, -1, 1)  # (n, 1, Lq, Lk)
-            ob = block_attention(qb, kb, vb, allowed, plan.q_index[i], plan.k_index[i], scaling, mods)
+        else:
+            ob = block_attention(qb, kb, vb, mask, scaling, mods)
         out = out.index_put_((at,), ob.reshape(-1, hd).to(out.dtype))  # ob (n, H, Lq, hd); bf16 under autocast
     return out[: B * Tq * H].view(B, Tq, H, hd).transpose(1, 2)  # (B, H, Tq, hd)
+
+
+def _modded_masks(plan: WindowPlan, mods: ScoreMods, dtype: torch.dtype) -> list[BlockMask]:
+    """Each bucket's mask with the modifiers, from its slots' indices. Padding and key-less slots become rows
+    without keys (their outputs go to the spare row anyway)."""
+    keeps = plan.keep.split([n * lq for n, lq, _ in plan.shapes])
+    out = []
+    for (n, _, _), mask, keep, qi, ki in zip(plan.shapes, plan.masks, keeps, plan.q_index, plan.k_index):
+        allowed = None if mask is None else mask & keep.view(n, 1, -1, 1)  # (n, 1, Lq, Lk)
+        out.append(prepare_block(allowed, qi, ki, mods, dtype))
+    return out
 
 
 __all__ = ["windowed_casa_attention"]
