@@ -18,12 +18,16 @@ from test_score_mods import loop_reference
 from transformers import AutoModelForCausalLM
 
 import casa_adapter
+from casa_adapter.backbone.access import AttentionAccess
+from casa_adapter.backbone.families import attention_blocks, decoder_blocks, family_spec, get_path
 from casa_adapter.backbone.score_mods import family_score_mods
 from casa_adapter.backbone.spec import UnsupportedModelError
 from casa_adapter.casa.kernels import KERNELS
 from casa_adapter.casa.kernels.flex import flex_available
 from casa_adapter.casa.layer import CasaLayer
 from casa_adapter.census.checks import CensusTower
+from casa_adapter.census.report import causal_lm_types
+from casa_adapter.census.scope import OUT_OF_SCOPE
 from casa_adapter.census.tiny import VOCAB, tiny_config
 
 from conftest import randomize_new_params
@@ -42,8 +46,8 @@ CPU_KERNELS = ["reference", "sdpa", "windowed"] + (["flex"] if flex_available() 
 def family_llm(name: str):
     """A tiny random base of the family with the modifiers under test switched on."""
     if name == "qwen2":  # layer_types are made at init: sliding from layer 2 on
-        cfg = tf.Qwen2Config(**{k: getattr(tiny_config("qwen2"), k) for k in ("vocab_size", "hidden_size")},
-                             intermediate_size=96, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        cfg = tf.Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2,
                              use_sliding_window=True, sliding_window=4, max_window_layers=2)  # fmt: skip
     else:
         model_type, extra = FAMILY_SETTINGS[name]
@@ -144,6 +148,26 @@ def test_streaming_and_generate_equal_full_forwards(name):
     assert torch.equal(out[0, -4:], seq[0, -4:])
 
 
+@pytest.mark.parametrize("name", ["gemma2", "mistral", "qwen2"])
+def test_read_windows_are_the_masks_self_attention_gets(name):
+    """The sliding window each CASA layer reads equals the one in the mask the family hands that block's
+    self-attention (eager attention: a materialised (B, 1, T, T) mask; its last row's visible key count)."""
+    llm = family_llm(name)
+    llm.config._attn_implementation = "eager"
+    T, seen = 12, {}
+    for i, block in enumerate(llm.model.layers):
+        hook = lambda mod, args, kwargs, i=i: seen.update({i: kwargs["attention_mask"]}) and None
+        block.self_attn.register_forward_pre_hook(hook, with_kwargs=True)
+    with torch.no_grad():
+        llm(torch.arange(1, T + 1)[None])
+    visible = {
+        i: int((m[0, 0, -1] == 0).sum() if m.is_floating_point() else m[0, 0, -1].sum()) for i, m in seen.items()
+    }
+    model = casa_adapter.wrap(llm, vision=CensusTower())
+    read = [m.mods.sliding_window if m.mods else None for m in model.modules() if isinstance(m, CasaLayer)]
+    assert read == [n if n < T else None for n in visible.values()] and any(read)
+
+
 def test_reader_follows_what_the_family_applies():
     """Gemma 3 keeps `attn_logit_softcapping` but never passes it to its attention: no cap. Gemma 2's full layers
     and Qwen2's layers below max_window_layers do not slide. Falcon without alibi has no ALiBi."""
@@ -173,3 +197,68 @@ def test_an_alibi_family_not_in_the_table_is_refused():
             family_score_mods(access, 0)
     finally:
         del sys.modules[module.__name__]
+
+
+def test_modifier_masks_are_made_once_per_forward(monkeypatch):
+    """All CASA layers with equal modifiers (Bloom: every layer) share one set of bucket masks per forward."""
+    import casa_adapter.casa.kernels.windowed as windowed
+
+    model = wrapped("bloom", kernel="windowed")
+    ids, images = prompt(model)
+    made, build = [], windowed._modded_masks
+    monkeypatch.setattr(windowed, "_modded_masks", lambda *a: made.append(a[1]) or build(*a))
+    with torch.no_grad():
+        model(ids, images=images)
+        assert len(made) == 1 and len(model.layer_indices) == 4
+        model(ids, images=images)
+    assert len(made) == 2  # a new forward, a new layout
+
+
+def _sliding_case(model_type: str):
+    """A tiny base of `model_type` with sliding_window=4 and eager attention, or None where its config has no
+    `sliding_window` or the base does not build (those are the census's business)."""
+    try:
+        cfg = tiny_config(model_type)
+        text = cfg.get_text_config()
+        if not hasattr(text, "sliding_window"):
+            return None
+        text.sliding_window, cfg._attn_implementation, text._attn_implementation = 4, "eager", "eager"
+        torch.manual_seed(0)
+        llm = AutoModelForCausalLM.from_config(cfg).eval()
+        spec = family_spec(llm)
+        blocks = decoder_blocks(llm, spec)
+        return llm, spec, {i: get_path(blocks[i], spec.attention) for i in attention_blocks(llm, spec)}
+    except Exception:
+        return None
+
+
+@pytest.mark.slow
+def test_every_sliding_family_reads_the_window_its_masks_have():
+    """Over every causal-LM type whose config has `sliding_window` (about 50): the window each block's CASA layer
+    would read equals the one in the eager mask that block's self-attention gets."""
+    checked, wrong = [], []
+    for model_type in (t for t in causal_lm_types() if t not in OUT_OF_SCOPE):
+        case = _sliding_case(model_type)
+        if case is None:
+            continue
+        llm, spec, attns = case
+        masks = {}
+        for i, attn in attns.items():
+            hook = lambda m, a, kw, i=i, masks=masks: masks.update({i: kw.get("attention_mask")})
+            attn.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                llm(torch.arange(1, 13)[None])
+        except Exception:
+            continue
+        try:
+            read = {i: family_score_mods(AttentionAccess(a, spec, llm.config, model_type), i) for i, a in attns.items()}
+        except UnsupportedModelError:  # wrap() refuses this type
+            continue
+        for i, mods in read.items():
+            row = masks[i][0, 0, -1]  # (12,) the last query's row
+            visible = int((row == 0).sum() if row.is_floating_point() else row.sum())
+            if mods.sliding_window != (visible if visible < 12 else None):
+                wrong.append((model_type, i))
+        checked.append(model_type)
+    assert len(checked) > 30 and not wrong, wrong
