@@ -75,6 +75,7 @@ class AttentionAccess:
     def __init__(self, attn: nn.Module, spec: FamilySpec, config, model_type: str):
         config = text_config(config)
         self.attn, self.spec = attn, spec
+        self.config, self.model_type = config, model_type  # the (text) config, read by `score_mods.py` too
         self.num_heads = self._heads_here(config)
         self.hidden_size = config.hidden_size
         self.head_dim = spec.head_dim or getattr(attn, "head_dim", None) or config.hidden_size // self.num_heads

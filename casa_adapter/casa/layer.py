@@ -7,7 +7,8 @@ This is the attention computation every variant shares: project the call's text 
 and values where the variant has text keys) and its image tokens (keys and values only: image tokens
 are never queries), apply the family's q/k norms and RoPE (image keys sit at their window's start),
 put the keys of the layer's window cache in front, and run the CASA kernel over the call's
-`KeyLayout`. `norm'` is the layer's own RMSNorm on image tokens (`CasaSettings.image_norm`).
+`KeyLayout` with the family's score modifiers (ALiBi, softcapping, sliding window: `kernels/mods.py`).
+`norm'` is the layer's own RMSNorm on image tokens (`CasaSettings.image_norm`).
 
 Where the projections come from, whether text keys take part and whether RoPE applies is the
 variant's business: the subclasses in `variants.py`, one per `CasaSettings.variant`. The options
@@ -25,10 +26,12 @@ from torch import nn
 
 from casa_adapter.backbone.access import AttentionAccess
 from casa_adapter.backbone.rotary import rope_tables
+from casa_adapter.backbone.score_mods import family_score_mods
 from casa_adapter.casa import history
 from casa_adapter.casa.cache import LayerCache
 from casa_adapter.casa.ffn import ImageFFN
 from casa_adapter.casa.kernels import KERNELS
+from casa_adapter.casa.kernels.mods import effective
 from casa_adapter.casa.windows import CasaInputs
 from casa_adapter.config import CasaSettings
 
@@ -61,6 +64,8 @@ class CasaLayer(nn.Module):
         self.rope_fn = access.rope_fn if self.uses_rope else None
         self.rope_style, self.rope_optional = access.spec.rope_style, access.spec.rope_optional
         self.rotary_dims = access.rotary_dims
+        self.mods = effective(family_score_mods(access, layer_idx))
+        """The family's ALiBi / softcap / sliding window for this block (`backbone/score_mods.py`), None: none."""
 
     # -- what a variant provides ----------------------------------------------------------
     def project_text(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -161,7 +166,7 @@ class CasaLayer(nn.Module):
             values.append(v)
         keys, values = torch.cat(keys, 2), torch.cat(values, 2)  # (B, Hkv, K, hd)
         layout = inputs.key_layout((cache.windows, cache.index) if has_cached else None, k is not None, past)
-        y = KERNELS[self.kernel](q, keys, values, layout, self.scaling)  # (B, H, T, hd)
+        y = KERNELS[self.kernel](q, keys, values, layout, self.scaling, self.mods)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, H*hd)
         out = self.project_out(y) * (inputs.text_windows > 0).unsqueeze(-1).to(x.dtype)  # (B, T, D), 0 outside windows
         if cache is not None:

@@ -1,7 +1,8 @@
 """CASA attention kernels, by name.
 
-Every kernel takes `(q, k, v, layout, scaling)`: q (B, H, Tq, hd), k and v (B, Hkv, K, hd), a
-`KeyLayout` saying which query may see which key, and the softmax scale; it returns (B, H, Tq, hd)
+Every kernel takes `(q, k, v, layout, scaling, mods=None)`: q (B, H, Tq, hd), k and v (B, Hkv, K, hd), a
+`KeyLayout` saying which query may see which key, the softmax scale, and the family's score modifiers
+(`mods.ScoreMods`: ALiBi, logit softcapping, a sliding window; None for none); it returns (B, H, Tq, hd)
 with exactly zero for queries that see no key. All compute the same thing (docs/kernels.md):
 
 - `reference` (`dense.py`): a plain dense-mask softmax, the source of truth for tests;
@@ -17,26 +18,27 @@ from __future__ import annotations
 import torch
 
 from casa_adapter.casa.kernels.dense import reference_casa_attention, sdpa_casa_attention
-from casa_adapter.casa.kernels.flash import flash_casa_attention, use_flash
+from casa_adapter.casa.kernels.flash import flash_casa_attention, flash_fits, use_flash
 from casa_adapter.casa.kernels.flex import flex_available, flex_casa_attention
 from casa_adapter.casa.kernels.layout import KeyLayout
+from casa_adapter.casa.kernels.mods import ScoreMods
 from casa_adapter.casa.kernels.windowed import windowed_casa_attention
 
 
-def auto_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Tensor:
+def auto_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: ScoreMods | None = None) -> torch.Tensor:
     """The dense SDPA kernel for one query per row (a decode step: nothing to group, its mask is (B, 1, K),
     and no varlen bookkeeping per layer and step); FlashAttention varlen on CUDA in fp16/bf16 when
-    `flash-attn` is installed; torch's flex_attention on CUDA otherwise (any dtype); the windowed kernel
-    elsewhere (CPU)."""
+    `flash-attn` is installed and can apply `mods` (`flash_fits`: not ALiBi nor a sliding window); torch's
+    flex_attention on CUDA otherwise (any dtype); the windowed kernel elsewhere (CPU)."""
     if q.shape[2] == 1:
         kernel = sdpa_casa_attention
-    elif use_flash(q):
+    elif use_flash(q) and flash_fits(mods):
         kernel = flash_casa_attention
     elif q.is_cuda and flex_available():
         kernel = flex_casa_attention
     else:
         kernel = windowed_casa_attention
-    return kernel(q, k, v, layout, scaling)
+    return kernel(q, k, v, layout, scaling, mods)
 
 
 KERNELS = {
@@ -52,6 +54,7 @@ flash-attn, and "auto" takes it whenever it can run."""
 __all__ = [
     "KERNELS",
     "KeyLayout",
+    "ScoreMods",
     "auto_casa_attention",
     "reference_casa_attention",
     "sdpa_casa_attention",

@@ -6,6 +6,12 @@ causal mask bottom-right, which is exactly the CASA rule when each window's sort
 queries' own text keys (the layout the CASA layer builds: [images ; text so far]); `causal=False` is
 exact when every query sees all its window's keys (the "ca" variant, decode steps). `varlen_layout`
 checks which one holds, and `flash_casa_attention` falls back to the windowed kernel when neither does.
+
+Score modifiers (`mods.ScoreMods`): softcapping goes to `flash_attn_varlen_func(softcap=...)`, which caps the
+scaled scores as Gemma 2 does. ALiBi and sliding windows do not fit: flash measures both by a key's place in
+its varlen sequence, where a window's image keys take one place each, while CASA measures them by sequence
+index, where all of them sit at the window start. Calls with either go to the windowed kernel
+(`flash_fits`), and `auto` sends them to flex on CUDA instead. Not run here (no GPU, no flash-attn).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import importlib.util
 import torch
 
 from casa_adapter.casa.kernels.layout import KeyLayout
+from casa_adapter.casa.kernels.mods import ScoreMods, effective
 from casa_adapter.casa.kernels.plan import chunk_windows
 from casa_adapter.casa.kernels.windowed import windowed_casa_attention
 
@@ -28,6 +35,11 @@ def flash_installed() -> bool:
 def use_flash(q: torch.Tensor) -> bool:
     """Whether the flash path can run for these queries: CUDA, fp16/bf16, `flash-attn` importable."""
     return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and flash_installed()
+
+
+def flash_fits(mods: ScoreMods | None) -> bool:
+    """Whether flash varlen can apply these modifiers: softcapping yes, ALiBi and sliding windows no (see above)."""
+    return mods is None or (mods.alibi is None and mods.sliding_window is None)
 
 
 def _varlen():
@@ -69,12 +81,13 @@ def varlen_layout(layout: KeyLayout):
     return q_rows, k_rows, cu_q, cu_k, int(lq.max()), int(lk.max()), causal
 
 
-def flash_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Tensor:
+def flash_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: ScoreMods | None = None):
     """CASA attention through FlashAttention varlen. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
     B, H, Tq, hd = q.shape
-    segments = layout.derived("varlen", varlen_layout)
+    mods = effective(mods)
+    segments = layout.derived("varlen", varlen_layout) if flash_fits(mods) else None
     if segments is None:
-        return windowed_casa_attention(q, k, v, layout, scaling)
+        return windowed_casa_attention(q, k, v, layout, scaling, mods)
     q_rows, k_rows, cu_q, cu_k, max_q, max_k, causal = segments
     rows = lambda x: x.transpose(1, 2).reshape(-1, x.shape[1], hd)  # (B*T, h, hd)
     out = _varlen()(
@@ -87,9 +100,10 @@ def flash_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Te
         max_k,
         softmax_scale=scaling,
         causal=causal,
+        **({} if mods is None or mods.softcap is None else {"softcap": mods.softcap}),  # flash-attn >= 2.6
     )  # (Nq, H, hd)
     full = q.new_zeros(B * Tq, H, hd).index_put((q_rows,), out)  # (B*Tq, H, hd)
     return full.view(B, Tq, H, hd).transpose(1, 2)  # (B, H, Tq, hd)
 
 
-__all__ = ["flash_casa_attention", "flash_installed", "use_flash", "varlen_layout"]
+__all__ = ["flash_casa_attention", "flash_fits", "flash_installed", "use_flash", "varlen_layout"]

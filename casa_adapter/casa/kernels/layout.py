@@ -19,7 +19,7 @@ the plan is made once per forward, never kept in module state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +38,12 @@ class KeyLayout:
     """(B, K) long: window id of each key; 0 = padding."""
     k_index: torch.Tensor
     """(B, K) long: sequence index of each key (an image key: its window's start)."""
-    _derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _derived: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
     """Kernel plans by name (`derived`); `dataclasses.replace(layout)` gives a copy without them."""
 
-    def derived(self, name: str, build: Callable[[KeyLayout], Any]) -> Any:
-        """`build(self)`, computed once per layout and kept under `name` (a kernel's plan)."""
+    def derived(self, name: Hashable, build: Callable[[KeyLayout], Any]) -> Any:
+        """`build(self)`, computed once per layout and kept under `name` (a kernel's plan; a tuple where it
+        depends on more than the layout, e.g. `("windowed", mods, dtype)` for the masks with score modifiers)."""
         if name not in self._derived:
             with torch.no_grad():
                 self._derived[name] = build(self)

@@ -72,6 +72,10 @@ class WindowPlan:
     """(n, Lq, Lk) of each bucket."""
     masks: list[torch.Tensor | None]
     """(n, 1, Lq, Lk) bool allowed pairs of each bucket (every row has one); None = all allowed."""
+    q_index: list[torch.Tensor]
+    """(n, Lq) long sequence index of each bucket's query slots (padding: `_BIG`), for the score modifiers."""
+    k_index: list[torch.Tensor]
+    """(n, Lk) long sequence index of each bucket's key slots (padding: `_BIG + 1`)."""
 
 
 def _group(window: torch.Tensor, index: torch.Tensor, span: int):
@@ -146,7 +150,7 @@ def plan_windows(layout: KeyLayout, slack: float | None = None, chunk: int | Non
         return None
     q_index, k_index = layout.q_index.reshape(-1), layout.k_index.reshape(-1)
     lq_host, lk_host = c.lq.tolist(), c.lk.tolist()
-    q_slots, k_slots, keeps, shapes, masks = [], [], [], [], []
+    q_slots, k_slots, keeps, shapes, masks, q_indices, k_indices = [], [], [], [], [], [], []
     for gs in _bucket_groups(lq_host, lk_host, slack):
         g, Lq, Lk = torch.tensor(gs, device=c.lq.device), max(lq_host[i] for i in gs), lk_host[gs[0]]
         q_sl, q_ok, qi = _slots(g, c.q_members, c.q_start, c.lq, Lq, q_index, _BIG)  # (n, Lq)
@@ -158,9 +162,11 @@ def plan_windows(layout: KeyLayout, slack: float | None = None, chunk: int | Non
         q_slots.append(q_sl.reshape(-1))
         k_slots.append(k_sl.reshape(-1))
         keeps.append(keep.reshape(-1))
+        q_indices.append(qi)
+        k_indices.append(ki)
     if not shapes:
         return None
-    return WindowPlan(torch.cat(q_slots), torch.cat(k_slots), torch.cat(keeps), shapes, masks)
+    return WindowPlan(torch.cat(q_slots), torch.cat(k_slots), torch.cat(keeps), shapes, masks, q_indices, k_indices)
 
 
 __all__ = ["Chunks", "WindowPlan", "chunk_windows", "plan_windows", "SLACK", "CHUNK"]

@@ -6,6 +6,12 @@ forward): each bucket's queries and keys are gathered into one block batch (n, H
 through `scaled_dot_product_attention` (GQA through `enable_gqa`), and scattered back to their
 (row, token) places. Only row gathers, SDPA and `index_put` touch q/k/v: the kernel is
 differentiable and works in fp32/bf16/fp16 on CPU and CUDA.
+
+With score modifiers (`mods.ScoreMods`: ALiBi, a sliding window, softcapping) each bucket goes through
+`mods.block_attention` with its slots' sequence indices (`WindowPlan.q_index` / `k_index`): ALiBi and
+the window become the bucket's float/boolean mask, softcapping takes the explicit fp32 path per bucket.
+The plan itself does not depend on them, so layers with different modifiers (Gemma 2's sliding and full
+layers) share it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from casa_adapter.casa.kernels.layout import KeyLayout
-from casa_adapter.casa.kernels.plan import plan_windows
+from casa_adapter.casa.kernels.mods import BlockMask, ScoreMods, block_attention, effective, prepare_block
+from casa_adapter.casa.kernels.plan import WindowPlan, plan_windows
 
 
 def _gather_blocks(x: torch.Tensor, slots: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -33,9 +40,10 @@ def _gather_blocks(x: torch.Tensor, slots: torch.Tensor, sizes: list[tuple[int, 
     return [b.view(n, h, L, hd) for b, (n, L) in zip(blocks, sizes)]
 
 
-def windowed_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch.Tensor:
+def windowed_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: ScoreMods | None = None):
     """CASA attention per window block. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
     B, H, Tq, hd = q.shape
+    mods = effective(mods)
     plan = layout.derived("windowed", plan_windows)
     if plan is None:
         return q.new_zeros(q.shape)
@@ -48,11 +56,28 @@ def windowed_casa_attention(q, k, v, layout: KeyLayout, scaling: float) -> torch
         dest = torch.where(plan.keep, plan.q_slots, B * Tq).split([n * lq for n, lq in q_sizes])
         head = torch.arange(H, device=q.device).view(1, H, 1)
         dest = [(d.view(n, 1, lq) * H + head).reshape(-1) for d, (n, lq) in zip(dest, q_sizes)]
+    masks = plan.masks
+    if mods is not None:  # one BlockMask per bucket, made once per layout, modifiers and dtype
+        masks = layout.derived(("windowed", mods, q.dtype), lambda lay: _modded_masks(plan, mods, q.dtype))
     out = q.new_zeros((B * Tq + 1) * H, hd)  # token-major rows, one spare token
-    for qb, kb, vb, mask, at in zip(qs, ks, vs, plan.masks, dest):
-        ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scaling, enable_gqa=k.shape[1] != H)
+    for qb, kb, vb, mask, at in zip(qs, ks, vs, masks, dest):
+        if mods is None:
+            ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scaling, enable_gqa=k.shape[1] != H)
+        else:
+            ob = block_attention(qb, kb, vb, mask, scaling, mods)
         out = out.index_put_((at,), ob.reshape(-1, hd).to(out.dtype))  # ob (n, H, Lq, hd); bf16 under autocast
     return out[: B * Tq * H].view(B, Tq, H, hd).transpose(1, 2)  # (B, H, Tq, hd)
+
+
+def _modded_masks(plan: WindowPlan, mods: ScoreMods, dtype: torch.dtype) -> list[BlockMask]:
+    """Each bucket's mask with the modifiers, from its slots' indices. Padding and key-less slots become rows
+    without keys (their outputs go to the spare row anyway)."""
+    keeps = plan.keep.split([n * lq for n, lq, _ in plan.shapes])
+    out = []
+    for (n, _, _), mask, keep, qi, ki in zip(plan.shapes, plan.masks, keeps, plan.q_index, plan.k_index):
+        allowed = None if mask is None else mask & keep.view(n, 1, -1, 1)  # (n, 1, Lq, Lk)
+        out.append(prepare_block(allowed, qi, ki, mods, dtype))
+    return out
 
 
 __all__ = ["windowed_casa_attention"]
