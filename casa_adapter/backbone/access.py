@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -71,6 +72,9 @@ class HeadNorm(nn.Module):
 
 class AttentionAccess:
     """Reads one block's self-attention: head geometry, projections, norms and its RoPE function."""
+
+    has_self_attention: ClassVar[bool] = True
+    """Whether `attn` is the block's self-attention, whose score modifiers (`score_mods.py`) CASA repeats."""
 
     def __init__(self, attn: nn.Module, spec: FamilySpec, config, model_type: str):
         config = text_config(config)

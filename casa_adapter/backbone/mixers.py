@@ -16,6 +16,8 @@ uses no positions, as CASA's `ca` variant does.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import nn
 
 from casa_adapter.backbone.access import AttentionAccess, family_rope
@@ -56,6 +58,9 @@ class MixerAccess(AttentionAccess):
 
     `attn` is the mixer (the layer takes device and dtype from its parameters); `rotary` the model's rotary
     module (`model_rotary`), or None for a layer without RoPE."""
+
+    has_self_attention: ClassVar[bool] = False
+    """No self-attention here: no ALiBi, softcap or sliding window to repeat (`score_mods.py`)."""
 
     def __init__(self, mixer: nn.Module, spec: FamilySpec, config, model_type: str, rotary: nn.Module | None):
         config = text_config(config)

@@ -93,7 +93,10 @@ def _sliding_window(access: AttentionAccess, layer_idx: int) -> int | None:
 
 
 def family_score_mods(access: AttentionAccess, layer_idx: int) -> ScoreMods:
-    """The score modifiers of block `layer_idx`'s self-attention (see the module docstring)."""
+    """The score modifiers of block `layer_idx`'s self-attention (see the module docstring); none for a CASA layer
+    beside a non-attention mixer."""
+    if not access.has_self_attention:
+        return ScoreMods()
     return ScoreMods(alibi=_alibi(access), softcap=_softcap(access), sliding_window=_sliding_window(access, layer_idx))
 
 

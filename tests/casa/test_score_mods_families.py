@@ -192,7 +192,9 @@ def test_an_alibi_family_not_in_the_table_is_refused():
     attn = type("NewAttention", (torch.nn.Module,), {"__module__": module.__name__})()
     sys.modules[module.__name__] = module
     try:
-        access = SimpleNamespace(attn=attn, model_type="newlm", config=SimpleNamespace(), num_heads=4)
+        access = SimpleNamespace(
+            attn=attn, model_type="newlm", config=SimpleNamespace(), num_heads=4, has_self_attention=True
+        )
         with pytest.raises(UnsupportedModelError, match="'newlm'.*ALiBi"):
             family_score_mods(access, 0)
     finally:
