@@ -133,6 +133,16 @@ class AttentionAccess:
         return getattr(config, "num_key_value_heads", None) or self.num_heads
 
     @property
+    def query_temperature(self) -> tuple[float, float] | None:
+        """(floor_scale, attn_scale) where the attention scales each query by
+        `log1p(floor((position + 1) / floor_scale)) * attn_scale + 1` (Llama 4's NoPE blocks with
+        `attn_temperature_tuning`, arXiv 2501.19399); None where it does not."""
+        attn = self.attn
+        if getattr(attn, "attn_temperature_tuning", False) and not getattr(attn, "use_rope", True):
+            return float(attn.floor_scale), float(attn.attn_scale)
+        return None
+
+    @property
     def q_size(self) -> int:
         return self.num_heads * self.head_dim
 

@@ -64,6 +64,8 @@ class CasaLayer(nn.Module):
         self.rope_fn = access.rope_fn if self.uses_rope else None
         self.rope_style, self.rope_optional = access.spec.rope_style, access.spec.rope_optional
         self.rotary_dims = access.rotary_dims
+        self.query_temperature = access.query_temperature
+        """Llama 4's position-dependent query scale in NoPE blocks, as (floor_scale, attn_scale); None: none."""
         self.mods = effective(family_score_mods(access, layer_idx))
         """The family's ALiBi / softcap / sliding window for this block (`backbone/score_mods.py`), None: none."""
 
@@ -122,6 +124,12 @@ class CasaLayer(nn.Module):
         q_rot, k_rot = self.rope_fn(q[..., :rd], k[..., :rd], cos, sin)
         return torch.cat((q_rot, q[..., rd:]), -1), torch.cat((k_rot, k[..., rd:]), -1)
 
+    def _temper(self, q: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Llama 4's attention temperature on q (B, H, T, hd) at sequence indices (B, T), as its NoPE blocks do."""
+        floor_scale, attn_scale = self.query_temperature
+        scale = torch.log1p(torch.floor((index.float() + 1.0) / floor_scale)) * attn_scale + 1.0  # (B, T)
+        return (q * scale[:, None, :, None]).to(q.dtype)
+
     def _rotary(self, position_embeddings):
         """(cos, sin) tables (B, T, w) of this call, or (None, None) for a layer without RoPE."""
         if self.rope_fn is None or (position_embeddings is None and self.rope_optional):
@@ -153,6 +161,8 @@ class CasaLayer(nn.Module):
             q, k = self._rope(q, k, cos, sin)
         elif cos is not None:
             q = self._rope(q, q, cos, sin)[0]
+        if self.query_temperature is not None:
+            q = self._temper(q, inputs.text_index)
         keys, values = ([cache.keys], [cache.values]) if has_cached else ([], [])
         if inputs.has_images:
             image_k, image_v = self._image_kv(inputs, cos, sin)

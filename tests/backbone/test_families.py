@@ -60,6 +60,33 @@ def test_moshi_copy_init_reproduces_its_self_attention():
     assert torch.allclose(casa_out, sa_out, atol=1e-5), (casa_out - sa_out).abs().max()
 
 
+def test_llama4_nope_block_tempers_queries_as_its_self_attention_does():
+    """Llama 4's NoPE blocks scale each query by log1p(floor((i + 1) / floor_scale)) * attn_scale + 1: with
+    init='copy' over a text-only window CASA equals that attention, and differs from it without the scale."""
+    from casa_adapter.census.checks import CensusTower
+    from casa_adapter.census.tiny import tiny_base
+
+    llm = tiny_base("llama4_text")
+    nope = next(i for i, layer in enumerate(llm.model.layers) if not layer.self_attn.use_rope)
+    attn = llm.model.layers[nope].self_attn
+    attn.floor_scale, attn.attn_scale = 2, 0.5  # the defaults (8192, 0.1) leave short sequences unscaled
+    casa_adapter.wrap(llm, vision=CensusTower(), init="copy", layers=[nope])
+    wrapper, T = llm.model.layers[nope].self_attn, 8
+    assert wrapper.casa.query_temperature == (2.0, 0.5)
+    x, one = torch.randn(1, T, llm.config.hidden_size), torch.zeros(1, 1, dtype=torch.long)
+    inputs = CasaInputs(
+        torch.ones(1, T, dtype=torch.long), torch.arange(T)[None], torch.zeros(1, 1, x.shape[-1]), one, one
+    )
+    causal = torch.where(torch.tril(torch.ones(T, T, dtype=torch.bool)), 0.0, float("-inf"))[None, None]
+    with torch.no_grad():
+        sa_out = wrapper.sa(x, position_embeddings=None, attention_mask=causal)[0]
+        casa_out = wrapper.casa(x, inputs, None)
+        wrapper.casa.query_temperature = None
+        untempered = wrapper.casa(x, inputs, None)
+    assert torch.allclose(casa_out, sa_out, atol=1e-5), (casa_out - sa_out).abs().max()
+    assert (untempered - sa_out).abs().max() > 100 * (casa_out - sa_out).abs().max()  # the scale matters here
+
+
 def test_structural_fallback_wraps_an_unlisted_family():
     cfg = tf.Starcoder2Config(**{**TINY, "sliding_window": None})
     assert cfg.model_type not in FAMILIES
