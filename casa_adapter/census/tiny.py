@@ -60,6 +60,8 @@ OVERRIDES: dict[str, dict] = {
     "deepseek_v2": dict(num_experts_per_tok=2),
     "dots1": dict(n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1),  # None by default
     "lfm2_moe": dict(layer_types=["conv", "full_attention", "conv", "full_attention"]),  # None by default
+    # all-mamba by default, whose cache then has no attention layer to count positions with
+    "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"]),
 }
 """model_type -> attributes set after `SIZES`, for what the generic shrink gets wrong."""
 

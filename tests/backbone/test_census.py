@@ -42,6 +42,7 @@ REPRESENTATIVE = [
     "mpt",  # config says use_cache=False: generate still decodes with CASA's cache
     "jamba",  # hybrid with mamba blocks; the base compared frozen
     "moshi",  # projections one level down (`q_proj.linear`), rotary computed by the attention from position_ids
+    "granitemoehybrid",  # hybrid: mamba and attention blocks (the tiny config sets its layer_types)
 ]
 
 
