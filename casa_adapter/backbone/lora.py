@@ -20,11 +20,26 @@ from casa_adapter.backbone.state_keys import keep_base_keys
 from casa_adapter.config import LoraSettings
 
 
+def _fused_scan_outputs(llm: nn.Module) -> set[str]:
+    """Names of the `out_proj` of state-space mixers (modules with an `A_log` parameter: Mamba, Mamba-2 and the
+    hybrids built on them). Their fused CUDA scan reads `out_proj.weight` directly, so a LoRA there would be
+    skipped on GPU; peft refuses it for the Mamba model types it knows."""
+    return {
+        f"{name}.out_proj" if name else "out_proj"
+        for name, module in llm.named_modules()
+        if isinstance(getattr(module, "A_log", None), nn.Parameter)
+        and isinstance(getattr(module, "out_proj", None), nn.Linear)
+    }
+
+
 def lora_target_names(llm: nn.Module, blocks_path: str, settings: LoraSettings) -> list[str]:
-    """Full module names of the linear layers in the decoder blocks that LoRA adapts."""
-    names = []
+    """Full module names of the linear layers in the decoder blocks that LoRA adapts (by default all of them but a
+    state-space mixer's output projection, `_fused_scan_outputs`)."""
+    names, skipped = [], _fused_scan_outputs(llm) if settings.targets is None else set()
     for name, module in llm.named_modules():
         if not name.startswith(blocks_path + ".") or not isinstance(module, (nn.Linear, Conv1D)):
+            continue
+        if name in skipped:
             continue
         if settings.targets is None or any(name.endswith("." + t) for t in settings.targets):
             names.append(name)

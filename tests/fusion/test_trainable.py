@@ -47,6 +47,20 @@ def test_lora_targets_filter_and_count():
         casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), lora=casa_adapter.LoraSettings(targets=["nope"]))
 
 
+@pytest.mark.parametrize("model_type", ["nemotron_h", "bamba"])
+def test_default_lora_skips_a_state_space_mixers_output_projection(model_type):
+    """Mamba mixers' fused CUDA scan reads `out_proj.weight` directly: LoRA's default targets leave it out (peft
+    refuses it for nemotron_h), and keep the mixer's `in_proj` and every attention projection."""
+    from casa_adapter.census.tiny import tiny_base
+
+    model = casa_adapter.wrap(tiny_base(model_type), vision=tiny_tower(), lora=casa_adapter.LoraSettings(rank=2))
+    targets = model.lora_targets
+    mixers = [n for n, m in model.llm.named_modules() if isinstance(getattr(m, "A_log", None), torch.nn.Parameter)]
+    assert mixers and not any(t == f"{m}.out_proj" for m in mixers for t in targets)
+    assert all(f"{m}.in_proj" in targets for m in mixers)
+    assert any(t.endswith(("q_proj", "o_proj")) for t in targets)
+
+
 def test_one_step_changes_only_trainables(family):
     model = casa_adapter.wrap(tiny_llm(family), vision=tiny_tower(), lora=casa_adapter.LoraSettings(rank=4))
     model.train()
