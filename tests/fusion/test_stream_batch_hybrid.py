@@ -1,0 +1,112 @@
+"""Hybrid bases (mamba / delta-net / short-conv mixers beside attention) decoded together equal each session alone.
+
+Their cache holds, beside the attention layers' KV slots, a recurrent state per row (convolution and SSM states)
+that padding would move; `StreamBatch` feeds rows of different lengths in separate forwards for them
+(`fusion/stream/recurrent.py`)."""
+
+import pytest
+import torch
+from test_stream_batch import put, turns
+
+import casa_adapter
+from casa_adapter.census.checks import CensusTower
+from casa_adapter.census.tiny import tiny_base
+from casa_adapter.fusion.stream import recurrent
+
+from conftest import randomize_new_params
+
+HYBRIDS = ["bamba", "jamba", "lfm2_moe", "nemotron_h", "olmo_hybrid", "qwen3_next", "qwen3_5_text"]
+"""Tiny hybrid bases that build (casa_adapter/census/tiny.py), one per mixer kind and cache layout (tiny LFM2 keeps
+only attention blocks; LFM2-MoE has the short convolutions)."""
+
+FP32_ATOL = {"jamba": 5e-5}
+"""Jamba's reference mamba scan is a sequential loop whose fp32 rounding depends on the batch size (a plain forward
+of one row alone or among three differs by 1.4e-6, and streaming compounds it); in fp64 it is exact (see below)."""
+
+
+def hybrid(model_type: str, dtype: torch.dtype = torch.float32):
+    """CASA in the attention blocks (the default placement), with trained-looking nonzero weights."""
+    llm = tiny_base(model_type).to(dtype)
+    if dtype == torch.float64:
+        for module in llm.modules():  # torch's grouped_mm (the MoE experts' default) has no float64
+            if hasattr(getattr(module, "config", None), "_experts_implementation"):
+                module.config._experts_implementation = "eager"
+    model = casa_adapter.wrap(llm, vision=CensusTower()).to(dtype)
+    randomize_new_params(model)
+    return model
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["fp32", "fp64"])
+def dtype(request):
+    """fp32 (the tolerance the other families meet) and fp64 (batched equals alone to rounding: the method is exact)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(request.param)
+    yield request.param
+    torch.set_default_dtype(default)
+
+
+@pytest.mark.parametrize("model_type", HYBRIDS)
+def test_hybrid_sessions_batched_equal_sessions_alone(model_type, dtype):
+    """Three sessions of different lengths, one joining late, one idle on a step, one closing early: each
+    session's logits and generated tokens equal the same session run alone."""
+    model = hybrid(model_type, dtype)
+    atol = 1e-10 if dtype == torch.float64 else FP32_ATOL.get(model_type, 1e-5)
+    assert recurrent.recurrent_layers(model.stream_batch().cache), "the tiny base should keep a recurrent state"
+    scripts = {name: turns(seed, 4) for name, seed in (("a", 0), ("b", 1), ("c", 2))}
+    active = {"a": range(4), "b": [0, 2, 3], "c": [1, 2]}  # the steps each session feeds a turn at
+
+    alone = {}
+    for name, script in scripts.items():
+        session, logits = model.stream(), []
+        for turn in range(len(active[name])):
+            put(session, *script[turn])
+            logits.append(session.batch.step()[session])
+        alone[name] = (logits, session.generate(max_new_tokens=3)[0])
+
+    streams = model.stream_batch()
+    sessions, got = {}, {name: [] for name in scripts}
+    for step in range(4):
+        for name in scripts:
+            if step in active[name]:
+                if name not in sessions:
+                    sessions[name] = streams.open()
+                put(sessions[name], *scripts[name][len(got[name])])
+        out = streams.step()
+        for name, session in sessions.items():
+            if session in out:
+                got[name].append(out[session])
+        if step == 2:  # c is done: it generates alone, then leaves the batch
+            c_new = sessions["c"].generate(max_new_tokens=3)[0]
+            sessions.pop("c").close()
+    new = streams.generate(list(sessions.values()), max_new_tokens=3)
+
+    for name in scripts:
+        assert len(got[name]) == len(alone[name][0])
+        for g, a in zip(got[name], alone[name][0]):
+            assert g.shape == a.shape
+            assert torch.allclose(g, a, atol=atol), (name, float((g - a).abs().max()))
+    assert torch.equal(c_new, alone["c"][1])
+    for name, session in sessions.items():
+        assert torch.equal(new[session][0], alone[name][1])
+    assert len(streams.rows) == 2
+
+
+@pytest.mark.parametrize("model_type", ["bamba", "qwen3_next"])
+def test_images_matter_and_reset_starts_a_fresh_state(model_type):
+    """CASA's weights are live (another frame changes the logits), and a reset row's recurrent state is new."""
+    model = hybrid(model_type)
+    streams = model.stream_batch()
+    a, b = streams.open(), streams.open()
+    frames = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    for session, frame in ((a, frames[0]), (b, frames[1])):
+        session.put_text([4, 5])
+        session.put_image(frame)
+        session.put_text([6, 7, 8])
+    out = streams.step()
+    assert (out[a] - out[b]).abs().max() > 1e-4  # same text, other frame
+    assert b.state_bytes() > 0 and streams.state_bytes() >= a.state_bytes() + b.state_bytes()
+    a.reset()
+    a.put_text([9, 10, 11])
+    b.put_text([12])
+    got = streams.step()[a]
+    assert torch.allclose(got, model.stream().add_text([9, 10, 11]), atol=1e-5)
