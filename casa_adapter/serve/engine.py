@@ -64,7 +64,10 @@ class ServeEngine:
         self.model, self.tokenizer = model, tokenizer
         self.settings = settings or ServeSettings()
         self.limits = StreamLimits(self.settings.max_cache_tokens, self.settings.evict)
-        self.streams = model.stream_batch(self.limits.max_cache_tokens, self.limits.evict)
+        try:
+            self.streams = model.stream_batch(self.limits.max_cache_tokens, self.limits.evict)
+        except ValueError as error:  # a limit this model's cache cannot keep: say which serve flag to change
+            raise ValueError(f"{error} (`casa-adapter serve --evict error`)") from error
         self.capacity = self.settings.max_sessions if self.streams.solo is None else 1
         """Sessions held at once: `max_sessions`, or 1 where the model's sessions cannot share a batch."""
         if self.streams.solo is not None:

@@ -1,6 +1,7 @@
 """ServeEngine over other cache kinds: a hybrid (recurrent states) batches exactly; a sliding-window family holds
 one session at a time and says why."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -53,7 +54,9 @@ def test_sliding_window_family_serves_one_session_at_a_time():
     """Gemma 2's sliding-window layers cannot share a batch: a second session is refused with 429 naming the
     reason, and is taken once the first is done (no failed forward, no wrong answer)."""
     model, tokenizer = tiny_family("gemma2")
-    engine = ServeEngine(model, tokenizer, ServeSettings(max_sessions=8))
+    with pytest.raises(ValueError, match="sliding-window .* --evict error"):  # the default evicts windows
+        ServeEngine(model, tokenizer, ServeSettings())
+    engine = ServeEngine(model, tokenizer, ServeSettings(max_sessions=8, evict="error"))
     assert engine.capacity == 1
     first, second = chat("Hello there", 1), chat("What is it?", 0)
     engine.submit("first", first)
@@ -63,3 +66,22 @@ def test_sliding_window_family_serves_one_session_at_a_time():
     assert replies["first"][-1]["text"] == expected_text(model, tokenizer, first)
     engine.submit("again", second)
     assert run(engine)["again"][-1]["text"] == expected_text(model, tokenizer, second)
+
+
+def test_jamba_chats_are_exact_and_a_long_continuation_is_refused():
+    """Jamba continues one position per step after a session's first: chats (one prompt, then tokens) equal
+    generate(); a video session's multi-token text after its first step gets a 400 naming the reason."""
+    model, tokenizer = tiny_family("jamba")
+    engine = ServeEngine(model, tokenizer, ServeSettings())
+    request = chat("What is it?", 1)
+    engine.submit("chat", request)
+    engine.submit("create", {"op": "create"})
+    out = run(engine)
+    assert out["chat"][-1]["text"] == expected_text(model, tokenizer, request)
+    sid = out["create"][0]["id"]
+    engine.submit("frame", {"op": "frame", "session": sid, "image": chat("", 1)["images"][0]})
+    run(engine)
+    text = {"op": "text", "session": sid, "text": "What now?", "max_tokens": 2, "temperature": 0.0, "stream": False}
+    engine.submit("text", text)
+    refused = run(engine)["text"][0]
+    assert refused["status"] == 400 and "JambaMambaMixer" in refused["message"]

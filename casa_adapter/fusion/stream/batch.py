@@ -27,7 +27,7 @@ from casa_adapter.backbone.compat import cache_kwarg
 from casa_adapter.casa.cache import CasaCache
 from casa_adapter.fusion.stream import recurrent, rows
 from casa_adapter.fusion.stream.chunks import Chunk, Images, Item, item_windows
-from casa_adapter.fusion.stream.limits import CacheLimitError, StreamLimits
+from casa_adapter.fusion.stream.limits import CacheLimitError, ContinuationError, StreamLimits
 from casa_adapter.fusion.stream.session import StreamSession
 
 HOLE = -1
@@ -48,6 +48,8 @@ class StreamBatch:
         """Whether some layer keeps a recurrent state per row (a hybrid): rows are then never padded."""
         self.solo = rows.solo_reason(self.cache, model.config.model_type)
         """Why this batch holds one session at a time (its sessions cannot share a forward), or None."""
+        self.one_position = recurrent.continuation_limit(model.config.model_type)
+        """Why a session takes one position per step after its first (Jamba, Zamba), or None."""
         if self.sliding and self.limits.evict == "window":
             raise ValueError(
                 f"evict='window' needs full-attention caches; {model.config.model_type} has sliding-window "
@@ -94,8 +96,14 @@ class StreamBatch:
 
     def admit(self, session: StreamSession, item: Item) -> None:
         """Queue an item, within the session's limit: refuse it, or drop the oldest windows first."""
+        step = self.queued_tokens(session) + self.chunks.size(item)
+        if self.one_position and session.index > 0 and step > 1:
+            raise ContinuationError(
+                f"{self.one_position}: this input would feed {step} positions at once (put text one token per step, "
+                "or start a new session with the whole prompt)"
+            )
         limit = self.limits.max_cache_tokens
-        need = self.cached_tokens(session) + self.queued_tokens(session) + self.chunks.size(item)
+        need = self.cached_tokens(session) + step
         if limit is not None and need > limit:
             if self.limits.evict == "error":
                 raise CacheLimitError(

@@ -9,6 +9,11 @@ SSM state decays through them), even where the mixer zeroes padded inputs. So `S
 row that it keeps: rows are fed in forwards of one chunk length each, and every row not fed in a forward
 gets its state back as it was before it (`snapshot` / `restore`). The KV layers see those rows as holes.
 
+Some mixers cannot continue a state over several positions at all: Jamba's and Zamba's mamba layers run a
+multi-token input through transformers' `mamba_selective_scan`, which takes no initial state (only their
+one-token decode step reads it), so a second multi-token call would start their SSM from zero. Sessions of
+those families take any input on their first step, then one position per step (`ONE_POSITION_AFTER_FIRST`).
+
 Cache layers of kinds not listed here (not KV, not recurrent, not a block without a cache) cannot be
 shared by rows: `StreamBatch` runs one session per batch for them, as for sliding windows.
 """
@@ -20,6 +25,10 @@ from transformers.cache_utils import DummyLayer, DynamicLayer, DynamicSlidingWin
 
 KV_KINDS = (DynamicLayer, DynamicSlidingWindowLayer)
 """Layer classes whose whole state is keys and values (B, H, L, hd), handled by `rows`."""
+
+ONE_POSITION_AFTER_FIRST = {"jamba": "JambaMambaMixer", "zamba": "ZambaMambaMixer"}
+"""model_type -> its mamba mixer, whose multi-token form (transformers' `mamba_selective_scan`) starts from a
+zero SSM state, ignoring the cached one: after a session's first step, one position per step is exact."""
 
 State = list[torch.Tensor | None]
 """Every recurrent state tensor of a cache, in `state_slots` order (None: not initialised yet)."""
@@ -35,6 +44,17 @@ def unshareable_kinds(cache) -> list[str]:
     known = (LinearAttentionCacheLayerMixin, DummyLayer)
     kinds = {type(layer).__name__ for layer in getattr(cache, "layers", []) if not isinstance(layer, known)}
     return sorted(k for k in kinds if k not in {c.__name__ for c in KV_KINDS})
+
+
+def continuation_limit(model_type: str) -> str | None:
+    """Why sessions of this family take one position per step after their first, or None when they need not."""
+    mixer = ONE_POSITION_AFTER_FIRST.get(model_type)
+    if mixer is None:
+        return None
+    return (
+        f"{model_type}'s {mixer} runs several positions from a zero SSM state (transformers' mamba_selective_scan "
+        "takes no initial state), so a session continues one position per step after its first step"
+    )
 
 
 def state_slots(cache) -> list[tuple[dict, int]]:
