@@ -20,14 +20,14 @@ HYBRIDS = ["bamba", "lfm2_moe", "nemotron_h", "olmo_hybrid", "qwen3_next", "qwen
 only attention blocks; LFM2-MoE has the short convolutions). Jamba continues one position per step: below."""
 
 
-def hybrid(model_type: str, dtype: torch.dtype = torch.float32):
+def hybrid(model_type: str, dtype: torch.dtype = torch.float32, fusion: str = "casa"):
     """CASA in the attention blocks (the default placement), with trained-looking nonzero weights."""
     llm = tiny_base(model_type).to(dtype)
     if dtype == torch.float64:
         for module in llm.modules():  # torch's grouped_mm (the MoE experts' default) has no float64
             if hasattr(getattr(module, "config", None), "_experts_implementation"):
                 module.config._experts_implementation = "eager"
-    model = casa_adapter.wrap(llm, vision=CensusTower()).to(dtype)
+    model = casa_adapter.wrap(llm, vision=CensusTower(), fusion=fusion).to(dtype)
     randomize_new_params(model)
     return model
 
@@ -41,11 +41,11 @@ def dtype(request):
     torch.set_default_dtype(default)
 
 
-@pytest.mark.parametrize("model_type", HYBRIDS)
-def test_hybrid_sessions_batched_equal_sessions_alone(model_type, dtype):
+@pytest.mark.parametrize("model_type, fusion", [(m, "casa") for m in HYBRIDS] + [("bamba", "insertion")])
+def test_hybrid_sessions_batched_equal_sessions_alone(model_type, fusion, dtype):
     """Three sessions of different lengths, one joining late, one idle on a step, one closing early: each
     session's logits and generated tokens equal the same session run alone."""
-    model = hybrid(model_type, dtype)
+    model = hybrid(model_type, dtype, fusion)
     atol = 1e-10 if dtype == torch.float64 else 1e-5
     assert recurrent.recurrent_layers(model.stream_batch().cache), "the tiny base should keep a recurrent state"
     scripts = {name: turns(seed, 4) for name, seed in (("a", 0), ("b", 1), ("c", 2))}

@@ -16,7 +16,12 @@ first step and gives it back on `close()`; holes are squeezed out when they outn
 
 Families whose cache has sliding-window layers (Gemma 2/3, Mistral with `sliding_window`) keep
 slots, not positions, in those layers: holes would shorten their window, so they run one session
-per batch (`model.stream()`), and `evict="window"` is refused for them.
+per batch (`model.stream()`), and `evict="window"` is refused for them (`solo` says why).
+
+Hybrids (mamba, delta-net, short-conv layers beside attention) keep a recurrent state per row that
+padding would move: their rows are never padded; a step runs one forward per chunk length, and rows
+not fed in a forward get their state back (`recurrent`). Jamba and Zamba take one position per step
+after a session's first (`ContinuationError` beyond).
 """
 
 from __future__ import annotations
