@@ -14,7 +14,8 @@ every session with queued input (new prompts, frames, the last generated tokens)
 for every generating job: all sessions advance together, each with its own positions and window.
 
 Refusals are replies with a 4xx: 404 unknown session, 409 a session already answering a call,
-429 over `max_sessions`, 400 a prompt that would run past the model's positions, or past the
+429 over `max_sessions` (over one session for a model whose sessions cannot share a batch:
+sliding-window caches, `StreamBatch.solo`), 400 a prompt that would run past the model's positions, or past the
 session's `max_cache_tokens` with `evict="error"`.
 """
 
@@ -63,7 +64,14 @@ class ServeEngine:
         self.model, self.tokenizer = model, tokenizer
         self.settings = settings or ServeSettings()
         self.limits = StreamLimits(self.settings.max_cache_tokens, self.settings.evict)
-        self.streams = model.stream_batch(self.limits.max_cache_tokens, self.limits.evict)
+        try:
+            self.streams = model.stream_batch(self.limits.max_cache_tokens, self.limits.evict)
+        except ValueError as error:  # a limit this model's cache cannot keep: say which serve flag to change
+            raise ValueError(f"{error} (`casa-adapter serve --evict error`)") from error
+        self.capacity = self.settings.max_sessions if self.streams.solo is None else 1
+        """Sessions held at once: `max_sessions`, or 1 where the model's sessions cannot share a batch."""
+        if self.streams.solo is not None:
+            log.warning("%s: the server holds one session at a time (429 beyond)", self.streams.solo)
         self.processor = Processor.from_model(model, tokenizer)
         self.budget = Budget(self.streams, self.limits, getattr(model.llm.config, "max_position_embeddings", None))
         self.eos = eos_ids(model, tokenizer)
@@ -241,7 +249,9 @@ class ServeEngine:
 
     def _check_capacity(self) -> None:
         held = len(self.sessions) + sum(job.session_id is None for job in self.jobs.values())
-        if held >= self.settings.max_sessions:
+        if held >= self.capacity and self.streams.solo is not None:
+            raise ServeError(429, f"{self.streams.solo}: the server holds one session at a time; retry later")
+        if held >= self.capacity:
             raise ServeError(429, f"the server holds max_sessions={self.settings.max_sessions} sessions; retry later")
 
     def expire_idle(self) -> None:

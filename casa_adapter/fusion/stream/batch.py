@@ -16,7 +16,12 @@ first step and gives it back on `close()`; holes are squeezed out when they outn
 
 Families whose cache has sliding-window layers (Gemma 2/3, Mistral with `sliding_window`) keep
 slots, not positions, in those layers: holes would shorten their window, so they run one session
-per batch (`model.stream()`), and `evict="window"` is refused for them.
+per batch (`model.stream()`), and `evict="window"` is refused for them (`solo` says why).
+
+Hybrids (mamba, delta-net, short-conv layers beside attention) keep a recurrent state per row that
+padding would move: their rows are never padded; a step runs one forward per chunk length, and rows
+not fed in a forward get their state back (`recurrent`). Jamba and Zamba take one position per step
+after a session's first (`ContinuationError` beyond).
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ import torch
 
 from casa_adapter.backbone.compat import cache_kwarg
 from casa_adapter.casa.cache import CasaCache
-from casa_adapter.fusion.stream import rows
-from casa_adapter.fusion.stream.chunks import Images, Item, item_windows
-from casa_adapter.fusion.stream.limits import CacheLimitError, StreamLimits
+from casa_adapter.fusion.stream import recurrent, rows
+from casa_adapter.fusion.stream.chunks import Chunk, Images, Item, item_windows
+from casa_adapter.fusion.stream.limits import CacheLimitError, ContinuationError, StreamLimits
 from casa_adapter.fusion.stream.session import StreamSession
 
 HOLE = -1
@@ -44,6 +49,12 @@ class StreamBatch:
         self.chunks = model.stream_chunks(model)
         self.cache = self.chunks.new_cache()
         self.sliding = rows.has_sliding_layers(self.cache)
+        self.recurrent = bool(recurrent.recurrent_layers(self.cache))
+        """Whether some layer keeps a recurrent state per row (a hybrid): rows are then never padded."""
+        self.solo = rows.solo_reason(self.cache, model.config.model_type)
+        """Why this batch holds one session at a time (its sessions cannot share a forward), or None."""
+        self.one_position = recurrent.continuation_limit(model.config.model_type)
+        """Why a session takes one position per step after its first (Jamba, Zamba), or None."""
         if self.sliding and self.limits.evict == "window":
             raise ValueError(
                 f"evict='window' needs full-attention caches; {model.config.model_type} has sliding-window "
@@ -90,8 +101,14 @@ class StreamBatch:
 
     def admit(self, session: StreamSession, item: Item) -> None:
         """Queue an item, within the session's limit: refuse it, or drop the oldest windows first."""
+        step = self.queued_tokens(session) + self.chunks.size(item)
+        if self.one_position and session.index > 0 and step > 1:
+            raise ContinuationError(
+                f"{self.one_position}: this input would feed {step} positions at once (put text one token per step, "
+                "or start a new session with the whole prompt)"
+            )
         limit = self.limits.max_cache_tokens
-        need = self.cached_tokens(session) + self.queued_tokens(session) + self.chunks.size(item)
+        need = self.cached_tokens(session) + step
         if limit is not None and need > limit:
             if self.limits.evict == "error":
                 raise CacheLimitError(
@@ -122,13 +139,31 @@ class StreamBatch:
     # -- the step --------------------------------------------------------------------------
     @torch.no_grad()
     def step(self) -> dict[StreamSession, torch.Tensor]:
-        """Feed every session's queue in one forward. Returns each fed session's text logits (1, t, V)."""
+        """Feed every session's queue (one forward; with recurrent states, one per chunk length). Returns each
+        fed session's text logits (1, t, V)."""
         work = {s: self.chunks.chunk(s.queue, s.window) for s in self.sessions if s.queue}
         if not work:
             return {}
         for s in work:
             if s.row is None:
                 self._add_row(s)
+        results = {}
+        for group in self._groups(work):
+            results.update(self._forward(group))
+        self._maybe_compact()
+        return results
+
+    def _groups(self, work: dict[StreamSession, Chunk]) -> list[dict[StreamSession, Chunk]]:
+        """The step's forwards: one for everything, or with recurrent states, one per chunk length (padding
+        would move a row's state; see `recurrent`)."""
+        if not self.recurrent:
+            return [work]
+        lengths = sorted({c.n for c in work.values()})
+        return [{s: c for s, c in work.items() if c.n == n} for n in lengths]
+
+    def _forward(self, work: dict[StreamSession, Chunk]) -> dict[StreamSession, torch.Tensor]:
+        """One forward over every row: these sessions' chunks, right-padded; the other rows all pads (holes),
+        their recurrent states put back afterwards."""
         chunks = [work.get(s) for s in self.rows]
         device, t = self.slots.device, max(c.n for c in work.values())
         n = torch.tensor([0 if c is None else c.n for c in chunks], device=device)  # (B,)
@@ -137,6 +172,7 @@ class StreamBatch:
         fresh = steps < n.unsqueeze(-1)  # (B, t) real positions; the rest are pads
         positions = (starts.unsqueeze(-1) + torch.minimum(steps, (n - 1).unsqueeze(-1))).clamp(min=0)  # pads repeat
         mask = torch.cat([self.slots != HOLE, fresh], 1).long()  # (B, L + t)
+        before = recurrent.snapshot(self.cache) if self.recurrent and len(work) < len(self.rows) else None
         out = self.model.llm(
             **self.chunks.inputs(chunks, starts, t),
             attention_mask=mask,
@@ -144,6 +180,8 @@ class StreamBatch:
             use_cache=True,
             **{self._cache_kw: self.cache},
         )
+        if before is not None:
+            recurrent.restore(self.cache, before, n > 0)
         new_slots = torch.full((len(chunks), t), HOLE, dtype=torch.long, device=device)
         results = {}
         for b, (s, c) in enumerate(zip(self.rows, chunks)):
@@ -154,7 +192,6 @@ class StreamBatch:
             s.last_logits = out.logits[b, c.n - 1].unsqueeze(0)  # (1, V)
             results[s] = out.logits[b, : c.n][c.text].unsqueeze(0)  # (1, t_text, V)
         self.slots = torch.cat([self.slots, new_slots], 1)
-        self._maybe_compact()
         return results
 
     @torch.no_grad()
@@ -185,11 +222,8 @@ class StreamBatch:
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _add_row(self, session: StreamSession) -> None:
-        if self.rows and self.sliding:
-            raise ValueError(
-                f"{self.model.config.model_type} has sliding-window cache layers: its sessions cannot share a batch "
-                "(holes would shorten the window); run them one by one with model.stream()"
-            )
+        if self.rows and self.solo:
+            raise ValueError(f"{self.solo}; run them one by one with model.stream()")
         rows.add_row(self.cache)
         holes = torch.full((1, self.slots.shape[1]), HOLE, dtype=torch.long, device=self.slots.device)
         self.slots = torch.cat([self.slots, holes])
@@ -205,7 +239,8 @@ class StreamBatch:
             self.slots = rows.compact(self.cache, self.slots)
 
     def session_bytes(self, session: StreamSession) -> int:
-        """Bytes of the caches a session holds (its kept slots; the CASA window caches' row) + its queued images."""
+        """Bytes of the caches a session holds (its kept slots; the CASA window caches' row; its recurrent states)
+        + its queued images."""
         queued = _queued_bytes(session)
         if session.row is None:
             return queued
@@ -216,11 +251,12 @@ class StreamBatch:
         for layer_cache in getattr(self.cache, "casa_layers", {}).values():
             if layer_cache.keys is not None:
                 total += int((layer_cache.windows[row] > 0).sum()) * _slot_bytes(layer_cache.keys, layer_cache.values)
-        return total
+        return total + recurrent.row_bytes(self.cache)
 
     def state_bytes(self) -> int:
         """Bytes the whole batch holds: every cache tensor, holes included, and the queued images."""
         total = sum(_nbytes(layer.keys) + _nbytes(layer.values) for layer in rows.kv_layers(self.cache))
+        total += recurrent.nbytes(self.cache)
         if isinstance(self.cache, CasaCache):
             total += self.cache.casa_nbytes()
         return total + sum(_queued_bytes(s) for s in self.sessions)

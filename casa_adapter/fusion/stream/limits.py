@@ -17,6 +17,12 @@ class CacheLimitError(ValueError):
     """A session was given more than its `StreamLimits.max_cache_tokens` allow; its state is unchanged."""
 
 
+class ContinuationError(CacheLimitError):
+    """A session of a family whose recurrent layers cannot continue their state over several positions (Jamba,
+    Zamba: `fusion.stream.recurrent.ONE_POSITION_AFTER_FIRST`) was given more than one position for a step
+    after its first; its state is unchanged."""
+
+
 @dataclass
 class StreamLimits:
     """Per-session bounds of a streaming session (`model.stream(...)`, `model.stream_batch(...)`)."""
@@ -37,4 +43,4 @@ class StreamLimits:
             raise ValueError(f"evict must be 'error' or 'window', got {self.evict!r}")
 
 
-__all__ = ["StreamLimits", "CacheLimitError", "Evict"]
+__all__ = ["StreamLimits", "CacheLimitError", "ContinuationError", "Evict"]

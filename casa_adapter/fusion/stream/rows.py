@@ -4,7 +4,8 @@ Sessions decoded together share one transformers cache with a row per session. R
 different rates, so the self-attention cache has holes (padding of shorter chunks, evicted windows),
 masked out by the step's attention mask. `compact` moves each row's kept positions to the end
 (left padding) and drops the columns no row needs. The CASA layers' window caches (`LayerCache`)
-compact themselves after every call; here they only gain or lose rows.
+compact themselves after every call; here they only gain or lose rows. A hybrid's recurrent states
+(`recurrent`) have no slots: they too only gain or lose rows.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from casa_adapter.casa.cache import CasaCache
+from casa_adapter.fusion.stream import recurrent
 
 
 def kv_layers(cache) -> list:
@@ -28,20 +30,38 @@ def has_sliding_layers(cache) -> bool:
     return any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", []))
 
 
+def solo_reason(cache, model_type: str) -> str | None:
+    """Why sessions over this cache cannot share a batch (one session at a time), or None when they can."""
+    if has_sliding_layers(cache):
+        return (
+            f"{model_type} has sliding-window cache layers: its sessions cannot share a batch "
+            "(holes would shorten the window)"
+        )
+    unshareable = recurrent.unshareable_kinds(cache)
+    if unshareable:
+        return (
+            f"{model_type}'s cache has layers of kinds {unshareable}, whose rows StreamBatch cannot keep apart: "
+            "its sessions cannot share a batch"
+        )
+    return None
+
+
 def add_row(cache) -> None:
-    """One more row, all holes, in every layer that holds tensors already."""
+    """One more row, all holes (recurrent states: zeros), in every layer that holds tensors already."""
     for layer in kv_layers(cache):
         layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(1, *layer.keys.shape[1:])])
         layer.values = torch.cat([layer.values, layer.values.new_zeros(1, *layer.values.shape[1:])])
+    recurrent.add_row(cache)
     if isinstance(cache, CasaCache):
         for layer_cache in cache.casa_layers.values():
             layer_cache.add_row()
 
 
 def keep_rows(cache, rows: torch.Tensor) -> None:
-    """Keep these rows (1D long), in this order, in every layer (self-attention and CASA)."""
+    """Keep these rows (1D long), in this order, in every layer (self-attention, recurrent and CASA)."""
     for layer in kv_layers(cache):
         layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
+    recurrent.keep_rows(cache, rows)
     if isinstance(cache, CasaCache):
         for layer_cache in cache.casa_layers.values():
             layer_cache.reorder(rows)
@@ -62,4 +82,4 @@ def compact(cache, slots: torch.Tensor) -> torch.Tensor:
     return torch.where(kept.gather(1, order), slots.gather(1, order), torch.full_like(order, -1))
 
 
-__all__ = ["add_row", "keep_rows", "compact", "has_sliding_layers"]
+__all__ = ["add_row", "keep_rows", "compact", "has_sliding_layers", "solo_reason"]
