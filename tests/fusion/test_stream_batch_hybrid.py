@@ -6,7 +6,7 @@ that padding would move; `StreamBatch` feeds rows of different lengths in separa
 
 import pytest
 import torch
-from test_stream_batch import put, turns
+from test_stream_batch import check_batched_equal_alone
 
 import casa_adapter
 from casa_adapter.census.checks import CensusTower
@@ -48,43 +48,7 @@ def test_hybrid_sessions_batched_equal_sessions_alone(model_type, fusion, dtype)
     model = hybrid(model_type, dtype, fusion)
     atol = 1e-10 if dtype == torch.float64 else 1e-5
     assert recurrent.recurrent_layers(model.stream_batch().cache), "the tiny base should keep a recurrent state"
-    scripts = {name: turns(seed, 4) for name, seed in (("a", 0), ("b", 1), ("c", 2))}
-    active = {"a": range(4), "b": [0, 2, 3], "c": [1, 2]}  # the steps each session feeds a turn at
-
-    alone = {}
-    for name, script in scripts.items():
-        session, logits = model.stream(), []
-        for turn in range(len(active[name])):
-            put(session, *script[turn])
-            logits.append(session.batch.step()[session])
-        alone[name] = (logits, session.generate(max_new_tokens=3)[0])
-
-    streams = model.stream_batch()
-    sessions, got = {}, {name: [] for name in scripts}
-    for step in range(4):
-        for name in scripts:
-            if step in active[name]:
-                if name not in sessions:
-                    sessions[name] = streams.open()
-                put(sessions[name], *scripts[name][len(got[name])])
-        out = streams.step()
-        for name, session in sessions.items():
-            if session in out:
-                got[name].append(out[session])
-        if step == 2:  # c is done: it generates alone, then leaves the batch
-            c_new = sessions["c"].generate(max_new_tokens=3)[0]
-            sessions.pop("c").close()
-    new = streams.generate(list(sessions.values()), max_new_tokens=3)
-
-    for name in scripts:
-        assert len(got[name]) == len(alone[name][0])
-        for g, a in zip(got[name], alone[name][0]):
-            assert g.shape == a.shape
-            assert torch.allclose(g, a, atol=atol), (name, float((g - a).abs().max()))
-    assert torch.equal(c_new, alone["c"][1])
-    for name, session in sessions.items():
-        assert torch.equal(new[session][0], alone[name][1])
-    assert len(streams.rows) == 2
+    check_batched_equal_alone(model, atol)
 
 
 @pytest.mark.parametrize("model_type", ["bamba", "qwen3_next"])
