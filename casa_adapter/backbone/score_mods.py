@@ -18,6 +18,9 @@ the block's CASA layer hands its kernel, read the way the family's own code appl
   `config.layer_types[i]` is `"sliding_attention"` (Gemma 2/3, Qwen2, Cohere 2, ...), or every block when the
   config has no `layer_types` (Mistral, Mixtral, Phi-3, Starcoder2). The window is transformers'
   (`sliding_window_overlay`): a query sees the keys with `index(q) - index(k) < sliding_window`.
+- **Attention sinks**: the attention's `sinks` parameter, one logit per head (gpt-oss, Flint, GraniteSWA,
+  GraniteMoeSWA, MiMo-V2-Flash's sliding layers): a softmax entry with zero value. Read as floats once: the
+  base is frozen, so they do not change while CASA trains.
 """
 
 from __future__ import annotations
@@ -92,12 +95,29 @@ def _sliding_window(access: AttentionAccess, layer_idx: int) -> int | None:
     return int(window) if layer_types[idx] == "sliding_attention" else None
 
 
+def _sinks(access: AttentionAccess) -> tuple[float, ...] | None:
+    sinks = getattr(access.attn, "sinks", None)  # None on MiMo-V2-Flash's full-attention layers
+    if not isinstance(sinks, torch.Tensor):
+        return None
+    if sinks.numel() != access.num_heads:
+        raise UnsupportedModelError(
+            f"model_type {access.model_type!r}: attention sinks of shape {tuple(sinks.shape)}, expected one per query "
+            f"head ({access.num_heads})"
+        )
+    return tuple(float(x) for x in sinks.detach().float().cpu())
+
+
 def family_score_mods(access: AttentionAccess, layer_idx: int) -> ScoreMods:
     """The score modifiers of block `layer_idx`'s self-attention (see the module docstring); none for a CASA layer
     beside a non-attention mixer."""
     if not access.has_self_attention:
         return ScoreMods()
-    return ScoreMods(alibi=_alibi(access), softcap=_softcap(access), sliding_window=_sliding_window(access, layer_idx))
+    return ScoreMods(
+        alibi=_alibi(access),
+        softcap=_softcap(access),
+        sliding_window=_sliding_window(access, layer_idx),
+        sinks=_sinks(access),
+    )
 
 
 __all__ = ["ALIBI", "family_score_mods"]

@@ -22,13 +22,16 @@ MODS = {
     "window": ScoreMods(sliding_window=3),
     "alibi+window": ScoreMods(alibi=SLOPES, sliding_window=4),
     "all": ScoreMods(alibi=SLOPES, softcap=0.8, sliding_window=2),
+    "sinks": ScoreMods(sinks=(0.5, -1.0, 2.0, 0.0)),
+    "sinks+alibi+window": ScoreMods(alibi=SLOPES, sliding_window=3, sinks=(1.0, 0.0, -2.0, 0.5)),
 }
 
 
-def loop_reference(q, k, v, layout, scaling, bias=None, softcap=None, window=None):
+def loop_reference(q, k, v, layout, scaling, bias=None, softcap=None, window=None, sinks=None):
     """The rule, one query at a time: a query of window w > 0 sees the keys of w with index(k) <= index(q) and
     (with a sliding window) index(q) - index(k) < window; scores q.k * scaling, capped, plus bias(h, k_index,
-    q_index); softmax. q (B, H, Tq, hd); k, v (B, Hkv, K, hd) -> (B, H, Tq, hd)."""
+    q_index); softmax (with sinks[h] as one more zero-value entry). q (B, H, Tq, hd); k, v (B, Hkv, K, hd) ->
+    (B, H, Tq, hd)."""
     (B, H, Tq, _), rep = q.shape, q.shape[1] // k.shape[1]
     out = torch.zeros_like(q)
     for b in range(B):
@@ -48,7 +51,8 @@ def loop_reference(q, k, v, layout, scaling, bias=None, softcap=None, window=Non
                     s = softcap * torch.tanh(s / softcap)
                 if bias is not None:
                     s = s + torch.tensor([float(bias(h, int(layout.k_index[b, j]), i)) for j in seen])
-                out[b, h, t] = s.softmax(-1) @ v[b, h // rep, seen]
+                p = s.softmax(-1) if sinks is None else torch.cat([s, torch.tensor([sinks[h]])]).softmax(-1)[:-1]
+                out[b, h, t] = p @ v[b, h // rep, seen]
     return out
 
 
@@ -61,7 +65,7 @@ def qkv(layout, H=4, Hkv=2, hd=8, seed=0):
 
 def _rule(mods: ScoreMods):
     bias = None if mods.alibi is None else (lambda h, kj, qi: mods.alibi[h] * (kj - qi))
-    return dict(bias=bias, softcap=mods.softcap, window=mods.sliding_window)
+    return dict(bias=bias, softcap=mods.softcap, window=mods.sliding_window, sinks=mods.sinks)
 
 
 # -- kernels on random layouts ---------------------------------------------------------------------
@@ -143,7 +147,7 @@ def test_flash_takes_softcap_and_hands_alibi_and_windows_to_windowed(monkeypatch
     want, _ = run(lambda *a: reference_casa_attention(*a, MODS["softcap"]), layout)
     assert torch.allclose(out, want, atol=1e-5)
     monkeypatch.setattr(flash, "_varlen", lambda: pytest.fail("flash cannot place image keys for ALiBi/windows"))
-    for name in ("alibi", "window"):
+    for name in ("alibi", "window", "sinks"):
         assert not flash.flash_fits(MODS[name])
         out, _ = run(lambda *a, m=MODS[name]: flash.flash_casa_attention(*a, m), layout)
         want, _ = run(lambda *a, m=MODS[name]: reference_casa_attention(*a, m), layout)

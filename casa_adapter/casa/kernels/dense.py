@@ -19,6 +19,7 @@ from casa_adapter.casa.kernels.mods import (
     effective,
     modded_scores,
     prepare_block,
+    softmax_with_sinks,
     window_allowed,
 )
 
@@ -40,7 +41,10 @@ def reference_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: S
     if mods is not None:  # cap, then ALiBi, in fp32; the result goes back to q's dtype for the softmax
         scores = modded_scores(scores, mods, layout.q_index, layout.k_index).to(q.dtype)
     scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no key -> 0
+    if mods is not None and mods.sinks is not None:  # the sink entry, in fp32 (as the families do)
+        probs = softmax_with_sinks(scores.float(), mods).to(q.dtype)  # rows with no key: all weight on the sink
+    else:
+        probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no key -> 0
     return torch.matmul(probs, v)  # (B, H, Tq, hd)
 
 

@@ -10,7 +10,8 @@ checks which one holds, and `flash_casa_attention` falls back to the windowed ke
 Score modifiers (`mods.ScoreMods`): softcapping goes to `flash_attn_varlen_func(softcap=...)`, which caps the
 scaled scores as Gemma 2 does. ALiBi and sliding windows do not fit: flash measures both by a key's place in
 its varlen sequence, where a window's image keys take one place each, while CASA measures them by sequence
-index, where all of them sit at the window start. Calls with either go to the windowed kernel
+index, where all of them sit at the window start. Calls with either, or with attention sinks (flash-attn 2 has
+none), go to the windowed kernel
 (`flash_fits`), and `auto` sends them to flex on CUDA instead. Not run here (no GPU, no flash-attn).
 """
 
@@ -39,7 +40,7 @@ def use_flash(q: torch.Tensor) -> bool:
 
 def flash_fits(mods: ScoreMods | None) -> bool:
     """Whether flash varlen can apply these modifiers: softcapping yes, ALiBi and sliding windows no (see above)."""
-    return mods is None or (mods.alibi is None and mods.sliding_window is None)
+    return mods is None or (mods.alibi is None and mods.sliding_window is None and mods.sinks is None)
 
 
 def _varlen():

@@ -15,7 +15,8 @@ zero (and zero gradient) whatever flex returns for fully masked rows.
 
 Score modifiers (`mods.ScoreMods`): a sliding window joins the mask_mod (so the block mask, made once per
 layout and window, skips the blocks it hides), softcapping and ALiBi are a flex `score_mod`
-(`layout_score_mod`) reading the same padded indices.
+(`layout_score_mod`) reading the same padded indices; attention sinks scale each row by
+`sigmoid(lse - sink_h)` from the lse flex returns (`return_lse=True`).
 
 Works with torch 2.5 and later (`torch.nn.attention.flex_attention`: `flex_attention(q, k, v,
 block_mask=..., scale=..., enable_gqa=...)`, `create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device,
@@ -175,12 +176,19 @@ def flex_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: ScoreM
     q, k, v = _same_dtype(q, k, v)
     call = dict(score_mod=layout_score_mod(layout, mods), block_mask=plan.block_mask, scale=scaling)
     call["enable_gqa"] = k.shape[1] != q.shape[1]
+    sinks = mods is not None and mods.sinks is not None
+    if sinks:
+        call["return_lse"] = True
     if q.is_cuda:
         out = _compiled_flex()(q, k, v, **call)
     else:
         with warnings.catch_warnings():  # "flex_attention called without torch.compile()": expected off CUDA
             warnings.filterwarnings("ignore", message=".*without torch.compile.*")
             out = _flex()[0](q, k, v, **call)
+    if sinks:  # a zero-value sink entry scales each row by sigmoid(lse - sink_h)
+        out, lse = out  # (B, H, Tq, hd), (B, H, Tq)
+        keep = torch.sigmoid(lse.float() - mods.sink_logits(q.device).view(1, -1, 1))  # (B, H, Tq)
+        out = (out.float() * keep.unsqueeze(-1)).to(out.dtype)
     return torch.where(plan.keep[:, None, :, None], out, out.new_zeros(()))  # (B, H, Tq, hd)
 
 

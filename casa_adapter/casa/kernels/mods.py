@@ -6,6 +6,7 @@ the score of an allowed (query, key) pair becomes
 
     s = softcap * tanh(s / softcap)                       (logit softcapping: Gemma 2)
     s = s + alibi[h] * (index(k) - index(q))              (ALiBi: Bloom, MPT, Falcon with alibi=True)
+    p = softmax([s ; sink[h]])[:-1]                       (attention sinks: gpt-oss; a zero-value entry)
 
 and a sliding window removes the pairs with `index(q) - index(k) >= sliding_window` (Mistral, Qwen2,
 Gemma 2/3 sliding layers; transformers' `sliding_window_overlay`: a query sees its last `window` indices,
@@ -17,8 +18,8 @@ This module holds the rule once, in tensor form, for every kernel: `window_allow
 boolean), `alibi_bias` (the additive bias), `modded_scores` (cap then bias, the reference's order),
 `prepare_block` (a block's boolean or float mask, from indices alone: kernels keep it with the layout,
 so every CASA layer of a forward with the same modifiers shares it) and `block_attention` (one attention
-call over a block: SDPA with that mask where it can, an explicit fp32 softmax where softcapping needs
-it, since SDPA has no softcap).
+call over a block: SDPA with that mask where it can, an explicit fp32 softmax where softcapping or sinks
+need it, since SDPA has neither).
 """
 
 from __future__ import annotations
@@ -42,20 +43,33 @@ class ScoreMods:
     """Logit cap: scaled scores become `softcap * tanh(s / softcap)` before bias and mask. None: no cap."""
     sliding_window: int | None = None
     """A query sees keys with `index(q) - index(k) < sliding_window` only. None: no window."""
+    sinks: tuple[float, ...] | None = None
+    """One attention-sink logit per query head, (H,) (gpt-oss, Flint, GraniteSWA, MiMo-V2-Flash): an extra
+    softmax entry whose value is zero, so the output is scaled by `sigmoid(lse - sink_h)`. None: no sinks."""
 
     @property
     def active(self) -> bool:
         """Whether any modifier is set."""
-        return self.alibi is not None or self.softcap is not None or self.sliding_window is not None
+        return any(x is not None for x in (self.alibi, self.softcap, self.sliding_window, self.sinks))
+
+    @property
+    def explicit(self) -> bool:
+        """Whether a call needs the explicit fp32 softmax (softcap or sinks: SDPA has neither)."""
+        return self.softcap is not None or self.sinks is not None
+
+    def sink_logits(self, device: torch.device) -> torch.Tensor:
+        """The sink logits as an fp32 tensor (H,) on `device`."""
+        return _as_tensor(self.sinks, torch.device(device))
 
     def slopes(self, device: torch.device) -> torch.Tensor:
         """The ALiBi slopes as an fp32 tensor (H,) on `device` (made once per slopes and device)."""
-        return _slopes(self.alibi, torch.device(device))
+        return _as_tensor(self.alibi, torch.device(device))
 
 
 @functools.lru_cache(maxsize=16)
-def _slopes(alibi: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    return torch.tensor(alibi, dtype=torch.float32, device=device)  # (H,)
+def _as_tensor(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """Per-head floats (slopes, sink logits) as an fp32 tensor (H,) on `device`, made once per values and device."""
+    return torch.tensor(values, dtype=torch.float32, device=device)  # (H,)
 
 
 def effective(mods: ScoreMods | None) -> ScoreMods | None:
@@ -107,37 +121,47 @@ def prepare_block(allowed, q_index, k_index, mods: ScoreMods | None, dtype: torc
     if window is not None:
         allowed = window.unsqueeze(1) if allowed is None else allowed & window.unsqueeze(1)
     seen = None if allowed is None else allowed.any(-1, keepdim=True)  # (n, 1, Lq, 1)
-    if mods is None or (mods.alibi is None and mods.softcap is None):
+    if mods is None or (mods.alibi is None and not mods.explicit):
         return BlockMask(None if allowed is None else allowed | ~seen, seen)  # key-less rows finite, zeroed after
     zero = torch.zeros((), dtype=torch.float32, device=q_index.device)
     bias = alibi_bias(mods, q_index, k_index) if mods.alibi is not None else zero  # (n, H, Lq, Lk) or ()
     if allowed is not None:  # padding's huge indices never reach the softmax: its rows are 0
         bias = torch.where(seen, torch.where(allowed, bias, float("-inf")), zero)
-    return BlockMask(bias if mods.softcap is not None else bias.to(dtype), seen)
+    return BlockMask(bias if mods.explicit else bias.to(dtype), seen)
 
 
 def block_attention(q, k, v, prepared: BlockMask, scaling: float, mods: ScoreMods | None) -> torch.Tensor:
     """Attention over one block batch. q (n, H, Lq, hd); k, v (n, Hkv, Lk, hd); `prepared` from `prepare_block`.
     Returns (n, H, Lq, hd), exactly 0 for the queries left without any key."""
-    if mods is not None and mods.softcap is not None:
-        out = _math_attention(q, k, v, prepared.mask, scaling, mods.softcap)
+    if mods is not None and mods.explicit:
+        out = _math_attention(q, k, v, prepared.mask, scaling, mods)
     else:
         gqa = k.shape[1] != q.shape[1]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=prepared.mask, scale=scaling, enable_gqa=gqa)
     return out if prepared.seen is None else out * prepared.seen.to(out.dtype)
 
 
-def _math_attention(q, k, v, bias: torch.Tensor, scaling: float, softcap: float) -> torch.Tensor:
-    """The explicit path (softcapping, which SDPA lacks): fp32 scaled scores, cap, + bias (ALiBi and mask),
-    softmax. q (n, H, Lq, hd); k, v (n, Hkv, Lk, hd); bias (n, H or 1, Lq, Lk) fp32, () or None. GQA by
-    grouping query heads."""
+def softmax_with_sinks(scores: torch.Tensor, mods: ScoreMods | None) -> torch.Tensor:
+    """softmax over the last dim of fp32 scores (..., H, Lq, K), with one more zero-value entry per head at
+    its sink logit where `mods.sinks` is set (that entry is dropped: rows sum to less than 1)."""
+    if mods is None or mods.sinks is None:
+        return torch.softmax(scores, dim=-1)
+    sink = mods.sink_logits(scores.device).view(-1, 1, 1).expand(*scores.shape[:-1], 1)  # (..., H, Lq, 1)
+    return torch.softmax(torch.cat([scores, sink], -1), dim=-1)[..., :-1]
+
+
+def _math_attention(q, k, v, bias: torch.Tensor, scaling: float, mods: ScoreMods) -> torch.Tensor:
+    """The explicit path (softcapping and sinks, which SDPA lacks): fp32 scaled scores, cap, + bias (ALiBi and
+    mask), softmax with the sinks. q (n, H, Lq, hd); k, v (n, Hkv, Lk, hd); bias (n, H or 1, Lq, Lk) fp32, () or
+    None. GQA by grouping query heads."""
     n, H, Lq, hd = q.shape
     Hkv = k.shape[1]
     qg = q.view(n, Hkv, H // Hkv, Lq, hd)  # (n, Hkv, r, Lq, hd)
     scores = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)).view(n, H, Lq, -1).float() * scaling  # (n, H, Lq, Lk)
-    scores = softcap * torch.tanh(scores / softcap)
+    if mods.softcap is not None:
+        scores = mods.softcap * torch.tanh(scores / mods.softcap)
     scores = scores if bias is None else scores + bias
-    probs = torch.softmax(scores, dim=-1).to(v.dtype).view(n, Hkv, H // Hkv, Lq, -1)  # (n, Hkv, r, Lq, Lk)
+    probs = softmax_with_sinks(scores, mods).to(v.dtype).view(n, Hkv, H // Hkv, Lq, -1)  # (n, Hkv, r, Lq, Lk)
     return torch.matmul(probs, v.unsqueeze(2)).view(n, H, Lq, hd)
 
 
@@ -149,5 +173,6 @@ __all__ = [
     "effective",
     "modded_scores",
     "prepare_block",
+    "softmax_with_sinks",
     "window_allowed",
 ]
