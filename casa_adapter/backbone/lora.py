@@ -25,7 +25,7 @@ def _fused_scan_outputs(llm: nn.Module) -> set[str]:
     hybrids built on them). Their fused CUDA scan reads `out_proj.weight` directly, so a LoRA there would be
     skipped on GPU; peft refuses it for the Mamba model types it knows."""
     return {
-        f"{name}.out_proj" if name else "out_proj"
+        f"{name}.out_proj"
         for name, module in llm.named_modules()
         if isinstance(getattr(module, "A_log", None), nn.Parameter)
         and isinstance(getattr(module, "out_proj", None), nn.Linear)

@@ -7,7 +7,7 @@ This is the attention computation every variant shares: project the call's text 
 and values where the variant has text keys) and its image tokens (keys and values only: image tokens
 are never queries), apply the family's q/k norms and RoPE (image keys sit at their window's start),
 put the keys of the layer's window cache in front, and run the CASA kernel over the call's
-`KeyLayout` with the family's score modifiers (ALiBi, softcapping, sliding window: `kernels/mods.py`).
+`KeyLayout` with the family's score modifiers (ALiBi, softcapping, sliding window, sinks: `kernels/mods.py`).
 `norm'` is the layer's own RMSNorm on image tokens (`CasaSettings.image_norm`).
 
 Where the projections come from, whether text keys take part and whether RoPE applies is the
@@ -67,7 +67,7 @@ class CasaLayer(nn.Module):
         self.query_temperature = access.query_temperature
         """Llama 4's position-dependent query scale in NoPE blocks, as (floor_scale, attn_scale); None: none."""
         self.mods = effective(family_score_mods(access, layer_idx))
-        """The family's ALiBi / softcap / sliding window for this block (`backbone/score_mods.py`), None: none."""
+        """The family's ALiBi / softcap / sliding window / sinks here (`backbone/score_mods.py`); None: none."""
 
     # -- what a variant provides ----------------------------------------------------------
     def project_text(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

@@ -2,8 +2,8 @@
 
 Every kernel takes `(q, k, v, layout, scaling, mods=None)`: q (B, H, Tq, hd), k and v (B, Hkv, K, hd), a
 `KeyLayout` saying which query may see which key, the softmax scale, and the family's score modifiers
-(`mods.ScoreMods`: ALiBi, logit softcapping, a sliding window; None for none); it returns (B, H, Tq, hd)
-with exactly zero for queries that see no key. All compute the same thing (docs/kernels.md):
+(`mods.ScoreMods`: ALiBi, logit softcapping, a sliding window, attention sinks; None for none); it returns
+(B, H, Tq, hd) with exactly zero for queries that see no key. All compute the same thing (docs/kernels.md):
 
 - `reference` (`dense.py`): a plain dense-mask softmax, the source of truth for tests;
 - `sdpa` (`dense.py`): the same dense mask through `scaled_dot_product_attention`;
@@ -28,7 +28,7 @@ from casa_adapter.casa.kernels.windowed import windowed_casa_attention
 def auto_casa_attention(q, k, v, layout: KeyLayout, scaling: float, mods: ScoreMods | None = None) -> torch.Tensor:
     """The dense SDPA kernel for one query per row (a decode step: nothing to group, its mask is (B, 1, K),
     and no varlen bookkeeping per layer and step); FlashAttention varlen on CUDA in fp16/bf16 when
-    `flash-attn` is installed and can apply `mods` (`flash_fits`: not ALiBi nor a sliding window); torch's
+    `flash-attn` is installed and can apply `mods` (`flash_fits`: no ALiBi, sliding window or sinks); torch's
     flex_attention on CUDA otherwise (any dtype); the windowed kernel elsewhere (CPU)."""
     if q.shape[2] == 1:
         kernel = sdpa_casa_attention

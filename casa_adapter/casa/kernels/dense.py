@@ -3,8 +3,8 @@
 Both form the full (B, Tq, K) mask of `KeyLayout.mask()`. The reference is a plain masked softmax,
 the source of truth for every test, and applies the family's score modifiers (`mods.ScoreMods`) one by
 one; `sdpa_casa_attention` runs the same mask through `scaled_dot_product_attention` (ALiBi and the
-sliding window as a float/boolean mask; softcapping, which SDPA cannot do, through the explicit fp32 path
-of `mods.block_attention`) and is what `auto` uses for one-query decode steps, whose mask is only (B, 1, K).
+sliding window as a float/boolean mask; softcapping and sinks, which SDPA cannot do, through the explicit fp32
+path of `mods.block_attention`) and is what `auto` uses for one-query decode steps, whose mask is only (B, 1, K).
 """
 
 from __future__ import annotations

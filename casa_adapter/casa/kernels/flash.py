@@ -11,8 +11,8 @@ Score modifiers (`mods.ScoreMods`): softcapping goes to `flash_attn_varlen_func(
 scaled scores as Gemma 2 does. ALiBi and sliding windows do not fit: flash measures both by a key's place in
 its varlen sequence, where a window's image keys take one place each, while CASA measures them by sequence
 index, where all of them sit at the window start. Calls with either, or with attention sinks (flash-attn 2 has
-none), go to the windowed kernel
-(`flash_fits`), and `auto` sends them to flex on CUDA instead. Not run here (no GPU, no flash-attn).
+none), go to the windowed kernel (`flash_fits`), and `auto` sends them to flex on CUDA instead. Not run here
+(no GPU, no flash-attn).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def use_flash(q: torch.Tensor) -> bool:
 
 
 def flash_fits(mods: ScoreMods | None) -> bool:
-    """Whether flash varlen can apply these modifiers: softcapping yes, ALiBi and sliding windows no (see above)."""
+    """Whether flash varlen can apply these modifiers: softcapping yes; ALiBi, sliding windows, sinks no (above)."""
     return mods is None or (mods.alibi is None and mods.sliding_window is None and mods.sinks is None)
 
 

@@ -109,7 +109,8 @@ class BlockMask(NamedTuple):
 
     mask: torch.Tensor | None
     """(n, 1, Lq, Lk) bool, or (n, H or 1, Lq, Lk) additive (ALiBi on allowed pairs, -inf elsewhere; fp32 for
-    the softcap path, the call's dtype for SDPA); rows without a key are all allowed / 0. None: all pairs."""
+    the explicit path of softcap and sinks, the call's dtype for SDPA); rows without a key are all allowed / 0.
+    None: all pairs."""
     seen: torch.Tensor | None
     """(n, 1, Lq, 1) bool: the row has a key (the others are zeroed). None: every row has one."""
 

@@ -7,9 +7,9 @@ through `scaled_dot_product_attention` (GQA through `enable_gqa`), and scattered
 (row, token) places. Only row gathers, SDPA and `index_put` touch q/k/v: the kernel is
 differentiable and works in fp32/bf16/fp16 on CPU and CUDA.
 
-With score modifiers (`mods.ScoreMods`: ALiBi, a sliding window, softcapping) each bucket goes through
+With score modifiers (`mods.ScoreMods`: ALiBi, a sliding window, softcapping, sinks) each bucket goes through
 `mods.block_attention` with its slots' sequence indices (`WindowPlan.q_index` / `k_index`): ALiBi and
-the window become the bucket's float/boolean mask, softcapping takes the explicit fp32 path per bucket.
+the window become the bucket's float/boolean mask, softcapping and sinks take the explicit fp32 path per bucket.
 The plan itself does not depend on them, so layers with different modifiers (Gemma 2's sliding and full
 layers) share it.
 """
