@@ -42,6 +42,13 @@ def parser() -> argparse.ArgumentParser:
         help="also train every arm and seed this many minutes (the equal-wall-time table; default: off)",
     )
     p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=defaults.snapshot_every,
+        help="with --minutes: equal-steps runs save their adapter every N steps, and a time run of no more steps is "
+        "evaluated on the nearest snapshot instead of training again (0: always train; default: %(default)s)",
+    )
+    p.add_argument(
         "--val-every", type=int, default=defaults.val_every, help="steps between validations (default: %(default)s)"
     )
     p.add_argument("--base", help="base LLM instead of the recipe's (e.g. tiny)")
@@ -88,6 +95,7 @@ def main(argv: list[str]) -> int:
             steps=args.steps,
             seeds=[int(x) for x in args.seeds.split(",")],
             minutes=args.minutes,
+            snapshot_every=args.snapshot_every,
             val_every=args.val_every,
             base=args.base,
             overrides=parse_overrides(args.overrides),

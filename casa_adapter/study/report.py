@@ -152,7 +152,12 @@ def _budget_section(summaries: list[dict], chance, budget: str, settings: Any) -
     )
     out = [f"## {title}", "", "Accuracy (%), mean ± standard error over seeds:", ""]
     out += accuracy_table(rows, chance, budget)
-    out += ["", "Which differences the noise resolves (|difference| > 2 standard errors of the difference):", ""]
+    out += [
+        "",
+        "Which differences the noise resolves (Welch's t-test, 5% two-sided: |difference| > t(0.975, df) x the "
+        "standard error of the difference, df by Welch-Satterthwaite):",
+        "",
+    ]
     out += orderings(rows)
     if budget == "steps":
         out += ["", "Cost:", "", *cost_table(rows)]

@@ -3,8 +3,10 @@ differences between arms the noise resolves.
 
 The standard error of an arm's mean is the spread across its seeds, `std(seeds) / sqrt(n)` (sample
 std); an arm with one seed falls back to the binomial error of its one evaluation,
-`sqrt(p (1 - p) / count)`, and says so (`se_kind`). Two arms' difference is called resolved when it
-is more than twice the standard error of the difference, `sqrt(se_a^2 + se_b^2)` (about a 95% test).
+`sqrt(p (1 - p) / count)`, and says so (`se_kind`). Two arms' difference is called resolved by
+Welch's t-test at 5% (two-sided): |difference| > t(0.975, df) x its standard error `sqrt(se_a^2 + se_b^2)`,
+with the Welch-Satterthwaite degrees of freedom (a one-seed arm's binomial error counts as known). With
+3 seeds an arm, df is 2-4 and t is 2.8-4.3: "2 standard errors" would call far too many differences real.
 """
 
 from __future__ import annotations
@@ -68,11 +70,22 @@ def aggregate(summaries: list[dict], budget: str) -> list[dict]:
     return out
 
 
-def compare(a: dict, b: dict) -> tuple[float, float, bool]:
-    """(a - b, the difference's standard error, whether it is resolved) on overall accuracy."""
+def welch_dof(a: dict, b: dict) -> float:
+    """Welch-Satterthwaite degrees of freedom of `a - b` on overall accuracy (inf when both errors are binomial)."""
+    terms = [r["overall"].se ** 4 / (len(r["seeds"]) - 1) for r in (a, b) if r["se_kind"] == "seeds"]
+    total = (a["overall"].se ** 2 + b["overall"].se ** 2) ** 2
+    return total / sum(terms) if terms and sum(terms) > 0 else math.inf
+
+
+def compare(a: dict, b: dict) -> tuple[float, float, float, bool]:
+    """(a - b, the difference's standard error, the t critical value it must beat, whether it is resolved) on
+    overall accuracy (Welch's t-test, 5% two-sided)."""
+    from scipy.stats import t as student_t
+
     diff = a["overall"].mean - b["overall"].mean
     se = math.hypot(a["overall"].se, b["overall"].se)
-    return diff, se, abs(diff) > 2 * se
+    critical = float(student_t.ppf(0.975, welch_dof(a, b)))
+    return diff, se, critical, abs(diff) > critical * se
 
 
 def orderings(rows: list[dict]) -> list[str]:
@@ -84,10 +97,13 @@ def orderings(rows: list[dict]) -> list[str]:
         pairs += [(r, casa) for r in rows if r is not casa and (r, casa) not in pairs and (casa, r) not in pairs]
     out = []
     for a, b in pairs:
-        diff, se, resolved = compare(a, b)
+        diff, se, critical, resolved = compare(a, b)
         verdict = "resolved" if resolved else "within the noise"
-        out.append(f"- {a['arm']} - {b['arm']}: {100 * diff:+.1f} ± {100 * se:.1f} points, {verdict}")
+        out.append(
+            f"- {a['arm']} - {b['arm']}: {100 * diff:+.1f} ± {100 * se:.1f} points (needs > {critical:.2f} x "
+            f"{100 * se:.1f} = {100 * critical * se:.1f}), {verdict}"
+        )
     return out
 
 
-__all__ = ["Stat", "aggregate", "compare", "orderings"]
+__all__ = ["Stat", "aggregate", "compare", "orderings", "welch_dof"]

@@ -6,10 +6,12 @@ The end-to-end tests are `slow` (8 training runs, ~5 min on 2 cores); the statis
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from casa_adapter.study import main
@@ -17,7 +19,8 @@ from casa_adapter.study import main
 from recipe_runs import tiny_recipe, write_recipe
 
 ARMS = ("replace_lora", "text_only")
-STEPS, VAL_EVERY, N_VAL, SEEDS, MINUTES = 4, 2, 24, (0, 1), 0.004
+STEPS, VAL_EVERY, N_VAL, SEEDS, SNAPSHOT_EVERY = 4, 2, 24, (0, 1), 2
+MINUTES = 1e-6  # one step at any cost: the time runs read the step-2 snapshot (the grid's nearest)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,8 @@ def study(tmp_path_factory) -> Path:
                 ",".join(map(str, SEEDS)),
                 "--minutes",
                 str(MINUTES),
+                "--snapshot-every",
+                str(SNAPSHOT_EVERY),
                 "--work",
                 str(root / "work"),
                 "--out",
@@ -89,13 +94,40 @@ def test_every_run_did_its_own_recipe_seed_and_budget(study):
             for s in SEEDS
         )
         for seed in SEEDS:  # the time budget: MINUTES at the arm's smallest median step time, in steps
-            timed = yaml.safe_load((study / "work" / arm / f"time-seed{seed}" / "recipe.yaml").read_text())
-            assert timed["trainer"]["max_time"] is None
-            assert timed["trainer"]["max_steps"] == max(1, round(MINUTES * 60 / cost))
-            assert timed["model"]["init_args"]["optim"]["total_steps"] == STEPS
             summary = json.loads((study / "work" / arm / f"time-seed{seed}" / "summary.json").read_text())
-            assert summary["steps_done"] == summary["budget_steps"] == timed["trainer"]["max_steps"]
-            assert summary["step_cost"] == cost
+            assert summary["requested_steps"] == max(1, round(MINUTES * 60 / cost)) == 1
+            assert summary["steps_done"] == summary["budget_steps"] == SNAPSHOT_EVERY and summary["step_cost"] == cost
+            steps_run = study / "work" / arm / f"steps-seed{seed}"
+            assert summary["snapshot"] == str(steps_run / "adapter" / "step-000002")
+            assert [p.name for p in (steps_run / "adapter").glob("step-*")] == ["step-000002"]  # the rest pruned
+            assert [p["step"] for p in summary["val"]] == [2] and summary["eval"]["count"] == N_VAL
+            assert not (study / "work" / arm / f"time-seed{seed}" / "recipe.yaml").exists()  # nothing trained
+
+
+@pytest.mark.slow
+def test_a_trained_time_run_equals_the_snapshot_it_stands_for(study, tmp_path, monkeypatch):
+    """A 2-step time run trained on its own (decay over STEPS, stopped at 2) gives the very tensors of the
+    equal-steps run's step-2 snapshot: the time table may read snapshots instead of training."""
+    from safetensors.torch import load_file
+
+    from casa_adapter.study import runner
+    from casa_adapter.study.arms import ARMS as ALL_ARMS
+
+    arm = ALL_ARMS["replace_lora"]
+    settings = runner.StudySettings(
+        recipe=str(study / "recipe.yaml"), arms=[arm.name], steps=STEPS, val_every=VAL_EVERY, seeds=[0],
+        minutes=1.0, work=str(tmp_path), quiet=True, threads=1,
+    )  # fmt: skip
+    monkeypatch.setattr(runner, "time_budget_steps", lambda settings, arm: (2, 0.5))
+    base = yaml.safe_load((study / "recipe.yaml").read_text())
+    summary = runner.run_arm(arm, base, settings, 1, 1, seed=0, budget="time")  # no snapshot here: it trains
+    assert summary["steps_done"] == 2 and "snapshot" not in summary
+    trained = load_file(tmp_path / arm.name / "time-seed0" / "adapter" / "final" / "adapter.safetensors")
+    snapshot = load_file(study / "work" / arm.name / "steps-seed0" / "adapter" / "step-000002" / "adapter.safetensors")
+    assert trained.keys() == snapshot.keys() and len(trained) > 10
+    assert [n for n in trained if not torch.equal(trained[n], snapshot[n])] == []
+    final = load_file(study / "work" / arm.name / "steps-seed0" / "adapter" / "final" / "adapter.safetensors")
+    assert any(not torch.equal(final[n], snapshot[n]) for n in snapshot)  # steps 3-4 changed them: a real check
 
 
 @pytest.mark.slow
@@ -111,7 +143,7 @@ def test_text_only_control_sees_no_image(study):
 @pytest.mark.slow
 def test_report_tables_and_plots(study):
     report = (study / "docs" / "results.md").read_text()
-    assert "## Equal steps (4 steps)" in report and "## Equal wall time (0.004 min)" in report
+    assert "## Equal steps (4 steps)" in report and "## Equal wall time (1e-06 min)" in report
     for label in ("CASA replacing SA (CA-replace) + LoRA", "text-only control (images blanked)"):
         assert report.count(f"| {label} | 2 |") == 2  # two seeds, in both budgets' accuracy tables
     assert "| chance |" in report and " ± " in report and "standard errors are over seeds" in report
@@ -122,7 +154,7 @@ def test_report_tables_and_plots(study):
 
 
 def test_standard_errors_and_resolved_differences():
-    from casa_adapter.study.stats import aggregate, compare
+    from casa_adapter.study.stats import Stat, aggregate, compare, welch_dof
 
     def run(arm, seed, acc):
         return {
@@ -141,7 +173,24 @@ def test_standard_errors_and_resolved_differences():
     x, y = rows
     assert abs(x["overall"].mean - 0.62) < 1e-9 and abs(x["overall"].se - 0.02 / 3**0.5) < 1e-9
     assert y["se_kind"] == "binomial" and abs(y["overall"].se - (0.4 * 0.6 / 600) ** 0.5) < 1e-9
-    assert compare(x, y)[2] and not compare(x, {**x, "overall": type(x["overall"])(0.60, 0.02)})[2]
+    assert compare(x, y)[3] and not compare(x, {**x, "overall": type(x["overall"])(0.60, 0.02)})[3]
+    # Welch: two 3-seed arms with equal errors have df = 4, t(0.975, 4) = 2.776; 2.5 standard errors apart is
+    # not resolved (a "2 SE" rule would call it), 3 standard errors apart is
+    z = aggregate([run("z", s, 0.62 + d) for s, d in enumerate((0.0, 0.02, 0.04))], "steps")[0]
+    se_diff = math.hypot(x["overall"].se, z["overall"].se)
+    assert abs(welch_dof(x, z) - 4.0) < 1e-9 and abs(compare(x, z)[2] - 2.7764) < 1e-3
+    for gap, resolved in ((2.5, False), (3.0, True)):
+        shifted = {**z, "overall": Stat(x["overall"].mean + gap * se_diff, z["overall"].se)}
+        assert compare(shifted, x)[3] is resolved
+    assert welch_dof(y, {**y}) == math.inf and abs(compare(y, y)[2] - 1.96) < 1e-2  # binomial errors: normal
+
+
+def test_time_runs_read_the_nearest_snapshot():
+    from casa_adapter.study.snapshots import snapshot_step
+
+    assert snapshot_step(200, 5, 122) == 120 and snapshot_step(200, 5, 2) == 5 and snapshot_step(200, 5, 199) == 200
+    assert snapshot_step(200, 10, 195) == 200 and snapshot_step(200, 10, 194) == 190  # ties go to the later step
+    assert snapshot_step(200, 5, 201) is None and snapshot_step(200, 0, 50) is None  # must train: longer / off
 
 
 @pytest.mark.slow

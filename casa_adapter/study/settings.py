@@ -1,0 +1,88 @@
+"""The study's settings and where its runs live: `StudySettings`, `run_dir` and the equal-wall-time budget
+in steps (`time_budget_steps`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from casa_adapter.study.arms import ARMS, Arm
+
+
+@dataclass
+class StudySettings:
+    """What the study trains and where it writes."""
+
+    recipe: str = "recipes/demo.yaml"
+    """The shared recipe (data, seed, optimiser, tower, base model); every arm starts from it."""
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    """Arm names (`casa_adapter.study.arms.ARMS`), in table order."""
+    steps: int = 200
+    """Optimizer steps per arm of the equal-steps runs (the recipe's `max_time` is lifted there)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds (`seed_everything`: initialisation and data order); every arm runs each."""
+    minutes: float | None = None
+    """Also run every arm and seed for this many minutes of training (the equal-wall-time table), counted in
+    steps at the arm's measured seconds per step (`time_budget_steps`); None: no."""
+    val_every: int = 50
+    """Validation (loss and answer accuracy) every this many steps: the points of the curves."""
+    base: str | None = None
+    """Base LLM instead of the recipe's (e.g. `tiny` for a quick check)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """More dotted recipe paths -> values, applied to every arm (e.g. `data.init_args.settings.batch_size`)."""
+    work: str = "runs/study"
+    """Folder of the per-arm runs."""
+    out: str = "docs/results.md"
+    """The report; its plots go to a `results/` folder beside it."""
+    quiet: bool = False
+    """Send the children's output (progress bars) to `WORK/ARM/train.log` and `eval.log` instead of the terminal."""
+    threads: int | None = None
+    """CPU threads of every run (`OMP_NUM_THREADS` of the children); None: torch's default (all cores). On a machine
+    shared with other work, 1 avoids oversubscription: two 2-thread jobs on 2 cores can run a step 10x slower."""
+
+    snapshot_every: int = 5
+    """With `minutes`: the equal-steps runs save their adapter every this many steps, and an equal-wall-time run
+    of N <= `steps` steps is evaluated on the snapshot nearest to N instead of training again (the same model:
+    same seed, data order and schedule; `casa_adapter.study.snapshots`). 0: every time run trains."""
+
+    def __post_init__(self) -> None:
+        if self.snapshot_every < 0:
+            raise ValueError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
+        if self.steps < 1 or not 1 <= self.val_every <= self.steps:
+            raise ValueError(f"steps must be >= 1 and val_every within [1, steps]: {self.steps}, {self.val_every}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"minutes must be > 0 or None, got {self.minutes}")
+
+    def budgets(self) -> list[str]:
+        """`steps`, and `time` when `minutes` is set."""
+        return ["steps"] + (["time"] if self.minutes is not None else [])
+
+
+def run_dir(settings: StudySettings, arm: Arm, seed: int, budget: str) -> Path:
+    return Path(settings.work) / arm.name / f"{budget}-seed{seed}"
+
+
+def time_budget_steps(settings: StudySettings, arm: Arm) -> tuple[int, float]:
+    """(steps, seconds per step) of `arm`'s equal-wall-time runs: `settings.minutes` at the smallest median
+    step time of its finished equal-steps runs (the least loaded measurement of what a step costs)."""
+    costs = []
+    for seed in settings.seeds:
+        path = run_dir(settings, arm, seed, "steps") / "summary.json"
+        if path.exists() and (cost := json.loads(path.read_text()).get("step_seconds")):
+            costs.append(cost)
+    if not costs:
+        raise RuntimeError(
+            f"study arm {arm.name!r}: the equal-wall-time budget needs a finished equal-steps run that logged "
+            f"step times ({run_dir(settings, arm, settings.seeds[0], 'steps')}); run the equal-steps budget first"
+        )
+    cost = min(costs)
+    return max(1, round(settings.minutes * 60 / cost)), cost
+
+
+__all__ = ["StudySettings", "run_dir", "time_budget_steps"]
