@@ -231,10 +231,15 @@ def test_time_budget_counts_steps_at_the_arms_quiet_cost(tmp_path):
     arm = ALL_ARMS["casa"]
     with pytest.raises(RuntimeError, match="equal-steps run"):
         time_budget_steps(settings, arm)
-    for seed, cost in ((0, 1.5), (1, 1.2)):  # seed 2 not run yet: the finished ones decide
+    for seed, cost, threads in ((0, 1.5, None), (1, 1.2, None), (2, 0.6, 2)):  # seed 2: other threads, left out
         run_dir(settings, arm, seed, "steps").mkdir(parents=True)
-        (run_dir(settings, arm, seed, "steps") / "summary.json").write_text(json.dumps({"step_seconds": cost}))
+        summary = {"step_seconds": cost, "threads": threads}
+        (run_dir(settings, arm, seed, "steps") / "summary.json").write_text(json.dumps(summary))
     assert time_budget_steps(settings, arm) == (100, 1.2)  # 120 s / 1.2 s
+    with pytest.raises(RuntimeError, match="threads=1 .* 3 ran with other thread counts"):
+        time_budget_steps(
+            StudySettings(arms=["casa"], seeds=[0, 1, 2], minutes=2.0, work=str(tmp_path), threads=1), arm
+        )
     recipe = arm_recipe({}, arm, settings, tmp_path / "t", 0, "time", 100)
     assert recipe["trainer"]["max_steps"] == 100 and recipe["trainer"]["max_time"] is None
     with pytest.raises(ValueError, match="threads"):
