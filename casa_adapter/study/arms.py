@@ -42,6 +42,8 @@ _DESIGNS = (
     Arm("gist", "CASA + gist history (k=4)", {f"{CASA}.history": "gist", f"{CASA}.history_size": 4}),
     Arm("casa_all", "CASA in every block", {f"{CASA}.layers": None, f"{CASA}.every": 1}),
     Arm("casa_every2", "CASA in every 2nd block", {f"{CASA}.layers": None, f"{CASA}.every": 2}),
+    Arm("casa_copy", "CASA, init copy (q/k/v/o from SA)", {f"{CASA}.init": "copy"}),
+    Arm("casa_marker", "CASA, image marker trained", {f"{CASA}.train_marker": True}),
     Arm("insertion", "token insertion (LLaVA-style)", {f"{CASA}.fusion": "insertion"}),
 )
 """The design arms, frozen backbone; each also has a `_lora` twin (`LORA` on top)."""

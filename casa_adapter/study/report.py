@@ -186,8 +186,11 @@ def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
         f"{settings.seeds}, {settings.threads or 'default'} CPU thread(s) a run, for {settings.steps} optimizer steps"
         + (
             f" and, separately, for {settings.minutes} minutes of training, counted in steps at the arm's "
-            "quiet-machine cost (the smallest median s/step of its equal-steps runs), so the load of a shared "
-            "machine does not decide an arm's budget"
+            "quiet-machine cost (the smallest median s/step of its equal-steps runs at the same thread count), so "
+            "the load of a shared machine does not decide an arm's budget; such a run of no more steps than the "
+            "equal-steps ones is the equal-steps run's adapter at the nearest snapshot (every "
+            f"{settings.snapshot_every} steps; the same model a shorter run with that schedule trains), one of more "
+            "steps trains"
             if settings.minutes
             else ""
         )
