@@ -11,6 +11,7 @@ are fresh projections of the attention's head count, the output projection copie
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 from collections.abc import Callable
 from typing import ClassVar
@@ -141,6 +142,17 @@ class AttentionAccess:
         if getattr(attn, "attn_temperature_tuning", False) and not getattr(attn, "use_rope", True):
             return float(attn.floor_scale), float(attn.attn_scale)
         return None
+
+    @property
+    def qkv_clip(self) -> float | None:
+        """The bound the attention clamps its q, k and v to, `clip_qkv` (MPT and DBRX on the fused qkv, OLMo and
+        OLMoE on q/k/v after their norms), where its forward applies it; None where it clamps nothing. OLMoE's config
+        carries the field for every model, so the source is what decides, not the attribute."""
+        if not self.has_self_attention or "clip_qkv" not in inspect.getsource(type(self.attn).forward):
+            return None
+        clip = getattr(self.attn, "clip_qkv", None)
+        clip = getattr(self.config, "clip_qkv", None) if clip is None else clip  # OLMo reads it off its config
+        return float(clip) if clip else None
 
     @property
     def q_size(self) -> int:

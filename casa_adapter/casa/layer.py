@@ -65,6 +65,8 @@ class CasaLayer(nn.Module):
         self.rope_style, self.rope_optional = access.spec.rope_style, access.spec.rope_optional
         self.rotary_dims = access.rotary_dims
         self.query_temperature = access.query_temperature
+        self.qkv_clip = access.qkv_clip
+        """The family's `clip_qkv` (MPT, DBRX, OLMo, OLMoE): q, k and v clamped to [-clip, clip]; None: none."""
         """Llama 4's position-dependent query scale in NoPE blocks, as (floor_scale, attn_scale); None: none."""
         self.mods = effective(family_score_mods(access, layer_idx))
         """The family's ALiBi / softcap / sliding window / sinks here (`backbone/score_mods.py`); None: none."""
@@ -100,13 +102,17 @@ class CasaLayer(nn.Module):
             x = norm(x)
         return x.transpose(1, 2)  # (B, n, T, hd)
 
+    def _clip(self, x: torch.Tensor) -> torch.Tensor:
+        """The family's q/k/v clamp (after projection and q/k norm, before RoPE, as its attention does)."""
+        return x if self.qkv_clip is None else x.clamp(-self.qkv_clip, self.qkv_clip)
+
     def _image_kv(self, inputs: CasaInputs, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys/values of this call's image tokens, RoPE'd at their window start: (B, Hkv, I, hd) x2."""
         tokens = inputs.image_tokens if self.image_ffn is None else self.image_ffn(inputs.image_tokens)  # (B, I, D)
         tokens = tokens if self.image_norm is None else self.image_norm(tokens)
         k, v = self.project_images(tokens)  # (B, I, Hkv*hd)
-        k = self._heads(k, self.num_kv_heads, self.qk_norms()[1])  # (B, Hkv, I, hd)
-        v = self._heads(v, self.num_kv_heads, None)
+        k = self._clip(self._heads(k, self.num_kv_heads, self.qk_norms()[1]))  # (B, Hkv, I, hd)
+        v = self._clip(self._heads(v, self.num_kv_heads, None))
         if cos is not None:
             B, I = inputs.image_start.shape
             at = inputs.image_start.unsqueeze(-1).expand(B, I, cos.shape[-1])  # (B, I, rd)
@@ -154,9 +160,10 @@ class CasaLayer(nn.Module):
         B, T, _ = x.shape
         q, k, v = self.project_text(x)
         q_norm, k_norm = self.qk_norms()
-        q = self._heads(q, self.num_heads, q_norm)  # (B, H, T, hd)
+        q = self._clip(self._heads(q, self.num_heads, q_norm))  # (B, H, T, hd)
         if k is not None:
-            k, v = self._heads(k, self.num_kv_heads, k_norm), self._heads(v, self.num_kv_heads, None)  # (B, Hkv, T, hd)
+            k = self._clip(self._heads(k, self.num_kv_heads, k_norm))  # (B, Hkv, T, hd)
+            v = self._clip(self._heads(v, self.num_kv_heads, None))
         if cos is not None and k is not None:
             q, k = self._rope(q, k, cos, sin)
         elif cos is not None:
