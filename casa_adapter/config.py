@@ -175,11 +175,24 @@ class LoraSettings(_DictMixin):
 
     targets: list[str] | None = None
     """Module-name suffixes inside the decoder blocks to adapt (e.g. `["q_proj", "v_proj"]`).
-    None: every linear layer of every decoder block (attention and MLP), never the LM head."""
+    None: every linear layer of the `blocks` (attention and MLP), never the LM head."""
+
+    blocks: str | list[int] = "all"
+    """Which decoder blocks get LoRA. `all`: every block. `from_casa`: the blocks from the lowest one holding a
+    CASA layer to the last (all of them with token insertion, whose image tokens enter at block 0): with a frozen
+    LLM and a fixed marker, backward reaches those blocks anyway, so LoRA there adds little time per step, while
+    LoRA on every block makes backward run through the whole stack (3x the step time of CASA in the top 4 of
+    SmolLM2's 30 blocks, docs/results.md). A list: these block indices (negatives count from the end)."""
 
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ValueError(f"LoraSettings.rank must be >= 1, got {self.rank}")
+        if isinstance(self.blocks, str) and self.blocks not in ("all", "from_casa"):
+            raise ValueError(
+                f"LoraSettings.blocks must be 'all', 'from_casa' or a list of block indices, got {self.blocks!r}"
+            )
+        if not isinstance(self.blocks, str) and (not self.blocks or not all(isinstance(i, int) for i in self.blocks)):
+            raise ValueError(f"LoraSettings.blocks as a list must hold block indices (ints), got {self.blocks!r}")
 
 
 @dataclass

@@ -32,25 +32,46 @@ def _fused_scan_outputs(llm: nn.Module) -> set[str]:
     }
 
 
-def lora_target_names(llm: nn.Module, blocks_path: str, settings: LoraSettings) -> list[str]:
+def lora_blocks(n_blocks: int, settings: LoraSettings, casa_blocks: list[int]) -> set[int]:
+    """The decoder block indices `settings.blocks` names, given the blocks holding CASA layers (none: insertion)."""
+    if settings.blocks == "all":
+        return set(range(n_blocks))
+    if settings.blocks == "from_casa":
+        return set(range(min(casa_blocks, default=0), n_blocks))
+    bad = [i for i in settings.blocks if not -n_blocks <= i < n_blocks]
+    if bad:
+        raise ValueError(f"LoraSettings.blocks {bad} out of range for {n_blocks} decoder blocks")
+    return {i % n_blocks for i in settings.blocks}
+
+
+def lora_target_names(
+    llm: nn.Module, blocks_path: str, settings: LoraSettings, casa_blocks: list[int] | None = None
+) -> list[str]:
     """Full module names of the linear layers in the decoder blocks that LoRA adapts (by default all of them but a
-    state-space mixer's output projection, `_fused_scan_outputs`)."""
+    state-space mixer's output projection, `_fused_scan_outputs`), in the blocks `settings.blocks` names
+    (`casa_blocks`: the blocks holding CASA layers, for `from_casa`)."""
     names, skipped = [], _fused_scan_outputs(llm) if settings.targets is None else set()
+    chosen = lora_blocks(len(llm.get_submodule(blocks_path)), settings, casa_blocks or [])
     for name, module in llm.named_modules():
         if not name.startswith(blocks_path + ".") or not isinstance(module, (nn.Linear, Conv1D)):
             continue
-        if name in skipped:
+        if name in skipped or int(name[len(blocks_path) + 1 :].split(".", 1)[0]) not in chosen:
             continue
         if settings.targets is None or any(name.endswith("." + t) for t in settings.targets):
             names.append(name)
     if not names:
-        raise ValueError(f"LoRA targets {settings.targets} match no linear layer under `{blocks_path}`")
+        raise ValueError(
+            f"LoRA targets {settings.targets} match no linear layer under `{blocks_path}` in blocks {sorted(chosen)}"
+        )
     return names
 
 
-def apply_lora(llm: nn.Module, blocks_path: str, settings: LoraSettings) -> list[str]:
-    """Inject LoRA adapters (B initialised to zero, so outputs are unchanged) and return their targets."""
-    targets = lora_target_names(llm, blocks_path, settings)
+def apply_lora(
+    llm: nn.Module, blocks_path: str, settings: LoraSettings, casa_blocks: list[int] | None = None
+) -> list[str]:
+    """Inject LoRA adapters (B initialised to zero, so outputs are unchanged) and return their targets
+    (`casa_blocks`: the blocks that will hold CASA layers, for `LoraSettings.blocks="from_casa"`)."""
+    targets = lora_target_names(llm, blocks_path, settings, casa_blocks)
     uses_conv1d = any(isinstance(llm.get_submodule(n), Conv1D) for n in targets)
     config = LoraConfig(
         r=settings.rank,
@@ -89,4 +110,4 @@ def remove_lora(model: nn.Module) -> int:
     return _replace_lora(model, merge=False)
 
 
-__all__ = ["apply_lora", "lora_target_names", "merge_lora", "remove_lora"]
+__all__ = ["apply_lora", "lora_blocks", "lora_target_names", "merge_lora", "remove_lora"]

@@ -121,7 +121,7 @@ def build_model(
     grads = {n: p.requires_grad for n, p in llm.named_parameters()}
     try:
         llm.requires_grad_(False)
-        targets = apply_lora(llm, spec.blocks, lora) if lora is not None else None
+        targets = apply_lora(llm, spec.blocks, lora, indices) if lora is not None else None
         fusion.attach(llm, spec, settings, indices)
         encoder = build_vision(vision, text_config(llm.config).hidden_size, **vision_overrides)
     except Exception:

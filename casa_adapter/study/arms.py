@@ -29,8 +29,10 @@ class Arm:
     """Evaluate with every image replaced by a grey one (the text-only control)."""
 
 
-LORA = {"model.init_args.model.lora": {"rank": 8, "alpha": 16.0}}
-"""What a `_lora` arm adds: LoRA (rank 8) on every linear layer of the frozen LLM's blocks."""
+LORA = {"model.init_args.model.lora": {"rank": 8, "alpha": 16.0, "blocks": "from_casa"}}
+"""What a `_lora` arm adds: LoRA (rank 8) on every linear layer of the frozen LLM's blocks from the lowest one holding
+a CASA layer up (every block for insertion and `casa_all`): the blocks backward reaches anyway, so each arm keeps
+its own cost. `casa_lora_all` measures what LoRA on the blocks below the CASA layers adds."""
 
 _DESIGNS = (
     Arm("casa", "CASA (image + window-text keys)", {f"{CASA}.variant": "casa"}),
@@ -51,6 +53,11 @@ _DESIGNS = (
 ARMS: dict[str, Arm] = {
     **{arm.name: arm for arm in _DESIGNS},
     **{f"{arm.name}_lora": Arm(f"{arm.name}_lora", f"{arm.label} + LoRA", {**arm.recipe, **LORA}) for arm in _DESIGNS},
+    "casa_lora_all": Arm(
+        "casa_lora_all",
+        "CASA + LoRA on every block",
+        {f"{CASA}.variant": "casa", "model.init_args.model.lora": {"rank": 8, "alpha": 16.0, "blocks": "all"}},
+    ),
     "text_only": Arm(
         "text_only",
         "text-only control (images blanked)",

@@ -115,3 +115,29 @@ def test_merge_lora_keeps_logits():
     assert model.merge_lora() == 3 * 7
     assert not model.trainable_groups()["lora"]
     assert torch.allclose(model(ids, images=images).logits, before, atol=1e-5)
+
+
+def _lora_blocks(model) -> set[int]:
+    """The decoder block indices holding LoRA targets (tiny Llama: `model.layers.I....`)."""
+    return {int(name.split(".")[2]) for name in model.lora_targets}
+
+
+def test_lora_blocks_from_casa_all_or_listed(tmp_path):
+    """`LoraSettings.blocks`: `from_casa` adapts the blocks from the lowest CASA block up (all of them with token
+    insertion), a list the blocks it names; the manifest keeps the choice, so a loaded adapter has the same."""
+    wrap = lambda blocks, **casa: casa_adapter.wrap(
+        tiny_llm("llama"), vision=tiny_tower(), lora=casa_adapter.LoraSettings(rank=2, blocks=blocks), **casa
+    )
+    assert _lora_blocks(wrap("all", layers=[2])) == {0, 1, 2}
+    assert _lora_blocks(wrap("from_casa", layers=[2])) == {2}
+    assert _lora_blocks(wrap("from_casa", layers=[1, 2])) == {1, 2}
+    assert _lora_blocks(wrap("from_casa", fusion="insertion")) == {0, 1, 2}  # image tokens enter at block 0
+    model = wrap([-1, 0], layers=[1])
+    assert _lora_blocks(model) == {0, 2} and model.trainable_counts()["lora"] > 0
+    model.save_adapter(tmp_path / "a")
+    loaded = casa_adapter.load_adapter(tmp_path / "a", tiny_llm(), vision=tiny_tower())
+    assert loaded.lora_targets == model.lora_targets
+    with pytest.raises(ValueError, match=r"out of range for 3 decoder blocks"):
+        wrap([3])
+    with pytest.raises(ValueError, match="'all', 'from_casa' or a list"):
+        casa_adapter.LoraSettings(blocks="top")

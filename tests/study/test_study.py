@@ -81,7 +81,8 @@ def test_every_run_did_its_own_recipe_seed_and_budget(study):
             assert recipe["trainer"]["max_steps"] == STEPS and recipe["trainer"]["max_time"] is None
             assert casa.get("replace", False) == (arm == "replace_lora")
             lora = recipe["model"]["init_args"]["model"].get("lora")
-            assert (lora == {"rank": 8, "alpha": 16.0}) == (arm == "replace_lora")  # the tiny recipe has rank 4
+            lora_arm = {"rank": 8, "alpha": 16.0, "blocks": "from_casa"}
+            assert (lora == lora_arm) == (arm == "replace_lora")  # the tiny recipe has rank 4
             assert recipe["data"]["init_args"]["settings"].get("blank_images", False) == (arm == "text_only")
             summary = json.loads((run / "summary.json").read_text())
             assert [p["step"] for p in summary["val"]] == [VAL_EVERY * (i + 1) for i in range(STEPS // VAL_EVERY)]
