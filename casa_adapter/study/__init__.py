@@ -2,7 +2,7 @@
 LoRA, token insertion, a text-only control) on one recipe, several seeds, an equal-steps and an
 equal-wall-time budget, written up as `docs/results.md` with plots and standard errors.
 
-    casa-adapter study --recipe recipes/study.yaml --minutes 4      # all arms, seeds 0,1,2, 200 steps + 4 min
+    casa-adapter study --recipe recipes/study.yaml --minutes 10     # the reported arms, seeds 0,1,2, 200 steps + 10 min
     casa-adapter study --arms casa,insertion --seeds 0 --steps 100 --out /tmp/study.md
     casa-adapter study --report-only            # rewrite the report from finished runs
 """
@@ -31,7 +31,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--recipe", default=defaults.recipe, help="shared recipe (default: %(default)s)")
     p.add_argument(
-        "--arms", default=",".join(defaults.arms), help=f"comma-separated arms from {', '.join(ARMS)} (default: all)"
+        "--arms",
+        default=",".join(defaults.arms),
+        help=f"comma-separated arms from {', '.join(ARMS)} (default: the reported study, {len(defaults.arms)} arms)",
     )
     p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per arm (default: %(default)s)")
     p.add_argument("--seeds", default=",".join(map(str, defaults.seeds)), help="comma-separated (default: %(default)s)")

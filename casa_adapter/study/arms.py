@@ -68,6 +68,17 @@ ARMS: dict[str, Arm] = {
 """Every arm, in table order."""
 
 
+STUDY = [
+    *(arm.name for arm in _DESIGNS),
+    *(f"{n}_lora" for n in ("casa", "ca", "shared", "replace", "ffn", "ffn_new", "gist", "insertion")),
+    "casa_lora_all",
+    "text_only",
+]
+"""The arms of the study docs/results.md reports (`casa-adapter study`'s default): every design frozen, the LoRA twins
+of the variants and of insertion (not of the placement, init and marker arms, which decide the frozen defaults),
+LoRA on every block, and the text-only control."""
+
+
 def select(names: str | list[str]) -> list[Arm]:
     """Arms by name (a comma-separated string or a list), in the order given."""
     wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)

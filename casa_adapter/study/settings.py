@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from casa_adapter.study.arms import ARMS, Arm
+from casa_adapter.study.arms import STUDY, Arm
 
 
 @dataclass
@@ -17,8 +17,8 @@ class StudySettings:
 
     recipe: str = "recipes/demo.yaml"
     """The shared recipe (data, seed, optimiser, tower, base model); every arm starts from it."""
-    arms: list[str] = field(default_factory=lambda: list(ARMS))
-    """Arm names (`casa_adapter.study.arms.ARMS`), in table order."""
+    arms: list[str] = field(default_factory=lambda: list(STUDY))
+    """Arm names (`casa_adapter.study.arms.ARMS`), in table order; default: the reported study (`arms.STUDY`)."""
     steps: int = 200
     """Optimizer steps per arm of the equal-steps runs (the recipe's `max_time` is lifted there)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
