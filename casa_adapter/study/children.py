@@ -35,11 +35,11 @@ def child(args: list[str], log: Path | None, threads: int | None = None) -> tupl
 
 def evaluate(arm: Arm, recipe_path: Path, adapter: Path, arm_dir: Path, settings: StudySettings) -> dict:
     """`casa-adapter eval` of `adapter` in a child process, output in `arm_dir`: overall, count and per-type
-    accuracy."""
+    accuracy, and the evaluation's wall seconds."""
     args = ["eval", "--recipe", str(recipe_path), "--adapter", str(adapter)]
     args += ["--metrics", "em", "--out", str(arm_dir / "preds.jsonl"), "--json", str(arm_dir / "eval.json"), "--quiet"]
     args += ["--blank-images"] if arm.blank_images else []
-    code, _, _ = child(args, arm_dir / "eval.log" if settings.quiet else None, settings.threads)
+    code, seconds, _ = child(args, arm_dir / "eval.log" if settings.quiet else None, settings.threads)
     if code != 0:
         raise RuntimeError(f"study arm {arm.name!r}: `casa-adapter {' '.join(args)}` exited with status {code}")
     results = json.loads((arm_dir / "eval.json").read_text())
@@ -53,6 +53,7 @@ def evaluate(arm: Arm, recipe_path: Path, adapter: Path, arm_dir: Path, settings
         "overall": results["overall"]["exact_match"],
         "count": results["overall"]["count"],
         "qtypes": {q: row["exact_match"] for q, row in results["qtypes"].items()},
+        "seconds": seconds,
     }
 
 

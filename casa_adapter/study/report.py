@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from casa_adapter.study.stats import aggregate, orderings
+from casa_adapter.study.stats import aggregate, difference_table, orderings
 
 
 def chance_levels(recipe: dict) -> dict[str, float] | None:
@@ -143,6 +143,20 @@ def cost_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def compute_line(summaries: list[dict]) -> str:
+    """What the study cost: runs trained (their summed training wall time), runs read off snapshots, the summed
+    evaluation time and the thread counts the runs had."""
+    trained = [s for s in summaries if "snapshot" not in s]
+    timed = [s["eval"]["seconds"] for s in summaries if s["eval"].get("seconds")]
+    threads = sorted({str(s.get("threads") or "torch's default") for s in summaries})
+    return (
+        f"Compute: {len(summaries)} runs; {len(trained)} trained ({sum(s['train_seconds'] for s in trained) / 3600:.1f}"
+        f" h of training wall time, summed over runs), {len(summaries) - len(trained)} read off an equal-steps run's "
+        f"snapshot; evaluation {sum(timed) / 3600:.1f} h ({len(timed)} of {len(summaries)} evaluations timed). CPU "
+        f"threads a run: {', '.join(threads)}."
+    )
+
+
 def _budget_section(summaries: list[dict], chance, budget: str, settings: Any) -> list[str]:
     rows = aggregate(summaries, budget)
     if not rows:
@@ -159,6 +173,10 @@ def _budget_section(summaries: list[dict], chance, budget: str, settings: Any) -
         "",
     ]
     out += orderings(rows)
+    table = difference_table(rows)
+    if len(rows) > 1 and table:
+        out += ["", "Every arm minus `casa`, overall and per question type (points; `*`: resolved as above):", ""]
+        out += table
     if budget == "steps":
         out += ["", "Cost:", "", *cost_table(rows)]
     return [*out, ""]
@@ -183,7 +201,7 @@ def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
         "",
         f"Every arm ran the recipe `{settings.recipe}` (base `{settings.base or model.get('base')}`, vision "
         f"`{model.get('vision', {}).get('name')}`, batch {data.get('settings', {}).get('batch_size')}) with seeds "
-        f"{settings.seeds}, {settings.threads or 'default'} CPU thread(s) a run, for {settings.steps} optimizer steps"
+        f"{settings.seeds}, for {settings.steps} optimizer steps"
         + (
             f" and, separately, for {settings.minutes} minutes of training, counted in steps at the arm's "
             "quiet-machine cost (the smallest median s/step of its equal-steps runs at the same thread count), so "
@@ -197,6 +215,8 @@ def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
         + "; arms differ only in the recipe keys named in `casa_adapter/study/arms.py`. Accuracy is greedy-decoding "
         f"exact match (`casa-adapter eval`) on the {n_eval} validation samples; standard errors are {se_note}. "
         "The curves are the teacher-forced answer accuracy logged during training.",
+        "",
+        compute_line(summaries),
         "",
         *_budget_section(summaries, chance, "steps", settings),
         *_budget_section(summaries, chance, "time", settings),

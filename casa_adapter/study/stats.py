@@ -70,31 +70,61 @@ def aggregate(summaries: list[dict], budget: str) -> list[dict]:
     return out
 
 
-def welch_dof(a: dict, b: dict) -> float:
-    """Welch-Satterthwaite degrees of freedom of `a - b` on overall accuracy (inf when both errors are binomial)."""
-    terms = [r["overall"].se ** 4 / (len(r["seeds"]) - 1) for r in (a, b) if r["se_kind"] == "seeds"]
-    total = (a["overall"].se ** 2 + b["overall"].se ** 2) ** 2
+def _stat_of(row: dict, qtype: str | None) -> Stat:
+    return row["overall"] if qtype is None else row["qtypes"][qtype]
+
+
+def welch_dof(a: dict, b: dict, qtype: str | None = None) -> float:
+    """Welch-Satterthwaite degrees of freedom of `a - b` on overall accuracy, or on `qtype`'s (inf when both errors
+    are binomial)."""
+    sa, sb = _stat_of(a, qtype), _stat_of(b, qtype)
+    terms = [s.se**4 / (len(r["seeds"]) - 1) for r, s in ((a, sa), (b, sb)) if r["se_kind"] == "seeds"]
+    total = (sa.se**2 + sb.se**2) ** 2
     return total / sum(terms) if terms and sum(terms) > 0 else math.inf
 
 
-def compare(a: dict, b: dict) -> tuple[float, float, float, bool]:
+def compare(a: dict, b: dict, qtype: str | None = None) -> tuple[float, float, float, bool]:
     """(a - b, the difference's standard error, the t critical value it must beat, whether it is resolved) on
-    overall accuracy (Welch's t-test, 5% two-sided)."""
+    overall accuracy, or on `qtype`'s (Welch's t-test, 5% two-sided)."""
     from scipy.stats import t as student_t
 
-    diff = a["overall"].mean - b["overall"].mean
-    se = math.hypot(a["overall"].se, b["overall"].se)
-    critical = float(student_t.ppf(0.975, welch_dof(a, b)))
+    sa, sb = _stat_of(a, qtype), _stat_of(b, qtype)
+    diff, se = sa.mean - sb.mean, math.hypot(sa.se, sb.se)
+    critical = float(student_t.ppf(0.975, welch_dof(a, b, qtype)))
     return diff, se, critical, abs(diff) > critical * se
 
 
+def difference_table(rows: list[dict], reference: str = "casa") -> list[str]:
+    """Markdown table: every arm minus `reference`, overall and per question type, in points; `*` where Welch's
+    test resolves the difference. Empty without the reference arm."""
+    ref = next((r for r in rows if r["arm"] == reference), None)
+    if ref is None:
+        return []
+    qtypes = sorted(ref["qtypes"])
+    lines = [f"| arm - {reference} | overall | " + " | ".join(qtypes) + " |", "|---" * (len(qtypes) + 2) + "|"]
+    for row in rows:
+        if row is ref:
+            continue
+        cells = []
+        for q in (None, *qtypes):
+            if q is not None and q not in row["qtypes"]:
+                cells.append("-")
+                continue
+            diff, _, _, resolved = compare(row, ref, q)
+            cells.append(f"{100 * diff:+.1f}{' *' if resolved else ''}")
+        lines.append(f"| {row['arm']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def orderings(rows: list[dict]) -> list[str]:
-    """Markdown bullets: the ranking's neighbours and every arm against `casa`, each resolved or not."""
+    """Markdown bullets: the ranking's neighbours, every arm against `casa` and every `X_lora` twin against `X`, each
+    resolved or not."""
     ranked = sorted(rows, key=lambda r: -r["overall"].mean)
     pairs = list(itertools.pairwise(ranked))
-    casa = next((r for r in rows if r["arm"] == "casa"), None)
-    if casa is not None:
-        pairs += [(r, casa) for r in rows if r is not casa and (r, casa) not in pairs and (casa, r) not in pairs]
+    by_name = {r["arm"]: r for r in rows}
+    wanted = [(r, by_name["casa"]) for r in rows if "casa" in by_name and r["arm"] != "casa"]
+    wanted += [(r, by_name[r["arm"][:-5]]) for r in rows if r["arm"].endswith("_lora") and r["arm"][:-5] in by_name]
+    pairs += [(a, b) for a, b in wanted if (a, b) not in pairs and (b, a) not in pairs]
     out = []
     for a, b in pairs:
         diff, se, critical, resolved = compare(a, b)
@@ -106,4 +136,4 @@ def orderings(rows: list[dict]) -> list[str]:
     return out
 
 
-__all__ = ["Stat", "aggregate", "compare", "orderings", "welch_dof"]
+__all__ = ["Stat", "aggregate", "compare", "difference_table", "orderings", "welch_dof"]

@@ -186,6 +186,28 @@ def test_standard_errors_and_resolved_differences():
     assert welch_dof(y, {**y}) == math.inf and abs(compare(y, y)[2] - 1.96) < 1e-2  # binomial errors: normal
 
 
+def test_difference_table_and_lora_twins_in_the_orderings():
+    from casa_adapter.study.stats import aggregate, difference_table, orderings
+
+    def run(arm, seed, overall, a):
+        scores = {"overall": overall, "count": 600, "qtypes": {"a": a, "b": overall}}
+        return {"arm": arm, "label": arm, "seed": seed, "budget": "steps", "steps": 4, "train_seconds": 1.0,
+                "trainable": 1, "eval": scores}  # fmt: skip
+
+    spread = (0.0, 0.01, 0.02)
+    rows = aggregate(
+        [run("casa", s, 0.50 + d, 0.50 + d) for s, d in enumerate(spread)]
+        + [run("ca", s, 0.51 + d, 0.80 + d) for s, d in enumerate(spread)]  # far ahead on `a` only
+        + [run("ca_lora", s, 0.52 + d, 0.80 + d) for s, d in enumerate(spread)],
+        "steps",
+    )
+    table = difference_table(rows)
+    assert table[0] == "| arm - casa | overall | a | b |"
+    assert table[2] == "| ca | +1.0 | +30.0 * | +1.0 |" and table[3].startswith("| ca_lora | +2.0 | +30.0 * |")
+    assert difference_table(rows[1:]) == []  # no casa arm, no table
+    assert any(line.startswith("- ca_lora - ca: +1.0") for line in orderings(rows))  # the twin against its arm
+
+
 def test_time_runs_read_the_nearest_snapshot():
     from casa_adapter.study.snapshots import snapshot_step
 
