@@ -182,10 +182,11 @@ def test_image_ffn_finds_each_familys_norm_and_feed_forward(model_type, norm, ff
     assert len(layers) == len(model.layer_indices) > 0
     for index, layer in zip(model.layer_indices, layers):
         block = model.decoder_blocks()[index]
-        live_norm, live_ffn = layer.image_ffn._live
+        live_norm, live_ffn, post = layer.image_ffn._live
         assert live_norm is getattr(block, norm) and live_ffn is getattr(block, ffn)
+        assert post is getattr(block, "post_feedforward_layernorm", None) or isinstance(post, torch.nn.Identity)
         x = torch.randn(1, 3, model.llm.config.hidden_size)
-        expected = live_ffn(live_norm(x), x) if model_type == "mpt" else x + live_ffn(live_norm(x))  # MPT adds inside
+        expected = live_ffn(live_norm(x), x) if model_type == "mpt" else x + post(live_ffn(live_norm(x)))  # MPT adds
         assert torch.equal(layer.image_ffn(x), expected)
 
 
