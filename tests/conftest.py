@@ -94,3 +94,24 @@ def randomize_new_params(model, seed: int = 2, scale: float = 0.2) -> None:
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+def text_window_inputs(T: int, hidden: int, positions: torch.Tensor | None = None):
+    """CasaInputs of T text tokens, all in window 1, and one padding image token (window 0: never attended), so a
+    CASA layer runs over a text-only window: with init='copy' it must then equal its block's self-attention."""
+    from casa_adapter.casa.windows import CasaInputs
+
+    one = torch.zeros(1, 1, dtype=torch.long)
+    index = torch.arange(T)[None] if positions is None else positions
+    return CasaInputs(torch.ones(1, T, dtype=torch.long), index, torch.zeros(1, 1, hidden), one, one)
+
+
+def causal_bias(T: int) -> torch.Tensor:
+    """The additive causal mask (1, 1, T, T) a block's self-attention takes."""
+    return torch.where(torch.tril(torch.ones(T, T, dtype=torch.bool)), 0.0, float("-inf"))[None, None]
+
+
+def assert_equal_and_needed(casa_out: torch.Tensor, without: torch.Tensor, sa_out: torch.Tensor) -> None:
+    """CASA's output equals SA's (1e-5), and the same layer without the feature under test is > 100x further off."""
+    assert torch.allclose(casa_out, sa_out, atol=1e-5), (casa_out - sa_out).abs().max()
+    assert (without - sa_out).abs().max() > 100 * (casa_out - sa_out).abs().max()  # the feature matters here

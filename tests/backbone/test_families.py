@@ -6,9 +6,16 @@ import transformers as tf
 
 import casa_adapter
 from casa_adapter.backbone.families import FAMILIES, family_spec
-from casa_adapter.casa.windows import CasaInputs
 
-from conftest import FAMILY_CONFIGS, TINY, tiny_llm, tiny_tower
+from conftest import (
+    FAMILY_CONFIGS,
+    TINY,
+    assert_equal_and_needed,
+    causal_bias,
+    text_window_inputs,
+    tiny_llm,
+    tiny_tower,
+)
 
 
 def test_every_tested_family_is_in_the_table():
@@ -22,22 +29,14 @@ def test_copy_init_reproduces_self_attention(family):
     spec = family_spec(model.llm)
     wrapper = getattr(model.llm.get_submodule(spec.blocks)[0], spec.attention)
     T, x = 6, torch.randn(1, 6, 64)
-    # one padding image token (window 0: never attended) so the layer runs; all text in window 1
-    inputs = CasaInputs(
-        torch.ones(1, T, dtype=torch.long),
-        torch.arange(T).unsqueeze(0),
-        torch.zeros(1, 1, 64),
-        torch.zeros(1, 1, dtype=torch.long),
-        torch.zeros(1, 1, dtype=torch.long),
-    )
+    inputs = text_window_inputs(T, 64)
     kwargs = {}
     if spec.rope:
         rotary = model.llm.get_submodule(spec.blocks.rsplit(".", 1)[0]).rotary_emb
         extra = {"layer_type": model.config.layer_types[0]} if family == "gemma3_text" else {}
         kwargs["position_embeddings"] = rotary(x, torch.arange(T).unsqueeze(0), **extra)
     casa_out = wrapper.casa(x, inputs, kwargs.get("position_embeddings"))
-    causal = torch.where(torch.tril(torch.ones(T, T, dtype=torch.bool)), 0.0, float("-inf"))[None, None]
-    sa_out = wrapper.sa(x, attention_mask=causal, **kwargs)[0]
+    sa_out = wrapper.sa(x, attention_mask=causal_bias(T), **kwargs)[0]
     assert torch.allclose(casa_out, sa_out, atol=1e-5), (casa_out - sa_out).abs().max()
 
 
@@ -51,12 +50,10 @@ def test_moshi_copy_init_reproduces_its_self_attention():
     casa_adapter.wrap(llm, vision=CensusTower(), init="copy", layers=[0])
     wrapper, T = llm.model.layers[0].self_attn, 6
     x, positions = torch.randn(1, T, llm.config.hidden_size), torch.arange(T).unsqueeze(0) + 5
-    one = torch.zeros(1, 1, dtype=torch.long)
-    inputs = CasaInputs(torch.ones(1, T, dtype=torch.long), positions, torch.zeros(1, 1, x.shape[-1]), one, one)
+    inputs = text_window_inputs(T, x.shape[-1], positions)
     with torch.no_grad():
         casa_out = wrapper.casa(x, inputs, wrapper.rotary(x, {"position_ids": positions}, inputs))
-        causal = torch.where(torch.tril(torch.ones(T, T, dtype=torch.bool)), 0.0, float("-inf"))[None, None]
-        sa_out = wrapper.sa(x, attention_mask=causal, position_ids=positions)[0]
+        sa_out = wrapper.sa(x, attention_mask=causal_bias(T), position_ids=positions)[0]
     assert torch.allclose(casa_out, sa_out, atol=1e-5), (casa_out - sa_out).abs().max()
 
 
@@ -73,18 +70,14 @@ def test_llama4_nope_block_tempers_queries_as_its_self_attention_does():
     casa_adapter.wrap(llm, vision=CensusTower(), init="copy", layers=[nope])
     wrapper, T = llm.model.layers[nope].self_attn, 8
     assert wrapper.casa.query_temperature == (2.0, 0.5)
-    x, one = torch.randn(1, T, llm.config.hidden_size), torch.zeros(1, 1, dtype=torch.long)
-    inputs = CasaInputs(
-        torch.ones(1, T, dtype=torch.long), torch.arange(T)[None], torch.zeros(1, 1, x.shape[-1]), one, one
-    )
-    causal = torch.where(torch.tril(torch.ones(T, T, dtype=torch.bool)), 0.0, float("-inf"))[None, None]
+    x = torch.randn(1, T, llm.config.hidden_size)
+    inputs = text_window_inputs(T, x.shape[-1])
     with torch.no_grad():
-        sa_out = wrapper.sa(x, position_embeddings=None, attention_mask=causal)[0]
+        sa_out = wrapper.sa(x, position_embeddings=None, attention_mask=causal_bias(T))[0]
         casa_out = wrapper.casa(x, inputs, None)
         wrapper.casa.query_temperature = None
         untempered = wrapper.casa(x, inputs, None)
-    assert torch.allclose(casa_out, sa_out, atol=1e-5), (casa_out - sa_out).abs().max()
-    assert (untempered - sa_out).abs().max() > 100 * (casa_out - sa_out).abs().max()  # the scale matters here
+    assert_equal_and_needed(casa_out, untempered, sa_out)
 
 
 def test_structural_fallback_wraps_an_unlisted_family():

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import casa_adapter
-from casa_adapter.casa.windows import CasaInputs
+
+from conftest import assert_equal_and_needed, causal_bias, text_window_inputs
 
 CLIP = 0.05  # small enough that the tiny random projections' outputs are clamped
 
@@ -35,9 +36,8 @@ def _sa(model_type: str, llm, block, x: torch.Tensor) -> torch.Tensor:
         masked = ~torch.tril(torch.ones(T, T, dtype=torch.bool))[None, None]  # MPT's mask: True = masked
         alibi = build_mpt_alibi_tensor(llm.config.n_heads, T)  # (H, 1, T)
         return block.attn.sa(x, position_bias=alibi, attention_mask=masked)[0]
-    causal = torch.where(torch.tril(torch.ones(T, T, dtype=torch.bool)), 0.0, float("-inf"))[None, None]
     rotary = llm.model.rotary_emb(x, torch.arange(T)[None])
-    return block.self_attn.sa(x, attention_mask=causal, position_embeddings=rotary)[0]
+    return block.self_attn.sa(x, attention_mask=causal_bias(T), position_embeddings=rotary)[0]
 
 
 @pytest.mark.parametrize("model_type", ["mpt", "olmo", "olmoe"])
@@ -48,18 +48,14 @@ def test_casa_clamps_qkv_as_its_family_does(model_type):
     assert wrapper.casa.qkv_clip == CLIP
     T = 8
     x = torch.randn(1, T, llm.config.hidden_size) * 4  # large inputs: many q/k/v entries beyond the clip
-    one = torch.zeros(1, 1, dtype=torch.long)
-    inputs = CasaInputs(
-        torch.ones(1, T, dtype=torch.long), torch.arange(T)[None], torch.zeros(1, 1, x.shape[-1]), one, one
-    )
+    inputs = text_window_inputs(T, x.shape[-1])
     rotary = None if model_type == "mpt" else llm.model.rotary_emb(x, torch.arange(T)[None])
     with torch.no_grad():
         sa_out = _sa(model_type, llm, block, x)
         casa_out = wrapper.casa(x, inputs, rotary)
         wrapper.casa.qkv_clip = None
         unclipped = wrapper.casa(x, inputs, rotary)
-    assert torch.allclose(casa_out, sa_out, atol=1e-5), (casa_out - sa_out).abs().max()
-    assert (unclipped - sa_out).abs().max() > 100 * (casa_out - sa_out).abs().max()  # the clamp matters here
+    assert_equal_and_needed(casa_out, unclipped, sa_out)
 
 
 def test_no_clip_where_the_attention_never_applies_it():
