@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from casa_adapter.study.stats import aggregate, difference_table, orderings
+from casa_adapter.study.stats import aggregate, difference_table, orderings, step_cost
 
 
 def chance_levels(recipe: dict) -> dict[str, float] | None:
@@ -110,12 +110,14 @@ def plot(summaries: list[dict], folder: Path) -> list[Path]:
     return [*paths, folder / "arm_accuracy.png"]
 
 
-def accuracy_table(rows: list[dict], chance: dict[str, float] | None, budget: str) -> list[str]:
+def accuracy_table(rows: list[dict], chance: dict[str, float] | None, budget: str, threads: int | None) -> list[str]:
+    """Mean ± SE per arm, overall and per question type; beside it the steps an equal-time run trained, or an
+    equal-steps arm's step cost (`step_cost` at `threads`, what its equal-time budget was counted with)."""
     qtypes = sorted({q for r in rows for q in r["qtypes"]})
     extra = "steps" if budget == "time" else "s/step"
     lines = [f"| arm | seeds | {extra} | overall | " + " | ".join(qtypes) + " |", "|---" * (len(qtypes) + 4) + "|"]
     for r in rows:
-        cost = f"{r['steps_done']:.0f}" if budget == "time" else _num(r["step_seconds"])
+        cost = f"{r['steps_done']:.0f}" if budget == "time" else _num(step_cost(r["runs"], threads))
         lines.append(
             f"| {r['label']} | {len(r['seeds'])} | {cost} | **{r['overall'].show()}** | "
             + " | ".join(r["qtypes"][q].show() if q in r["qtypes"] else "-" for q in qtypes)
@@ -134,11 +136,19 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def cost_table(rows: list[dict]) -> list[str]:
-    lines = ["| arm | trainable params | train wall (min, mean) | s/step |", "|---|---|---|---|"]
+def cost_table(rows: list[dict], threads: int | None) -> list[str]:
+    """Per arm: trainable parameters, mean training wall time, the step cost and each seed's median s/step."""
+    lines = [
+        "| arm | trainable params | train wall (min, mean) | s/step | s/step per seed (threads) |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
+        seeds = ", ".join(
+            f"{s['step_seconds']:.2f} ({s.get('threads') or '?'})" for s in r["runs"] if s.get("step_seconds")
+        )
         lines.append(
-            f"| {r['label']} | {r['trainable']:,} | {r['train_seconds'] / 60:.1f} | {_num(r['step_seconds'])} |"
+            f"| {r['label']} | {r['trainable']:,} | {r['train_seconds'] / 60:.1f} | "
+            f"{_num(step_cost(r['runs'], threads))} | {seeds or '-'} |"
         )
     return lines
 
@@ -165,7 +175,7 @@ def _budget_section(summaries: list[dict], chance, budget: str, settings: Any) -
         f"Equal steps ({settings.steps} steps)" if budget == "steps" else f"Equal wall time ({settings.minutes} min)"
     )
     out = [f"## {title}", "", "Accuracy (%), mean ± standard error over seeds:", ""]
-    out += accuracy_table(rows, chance, budget)
+    out += accuracy_table(rows, chance, budget, settings.threads)
     out += [
         "",
         "Which differences the noise resolves (Welch's t-test, 5% two-sided: |difference| > t(0.975, df) x the "
@@ -178,7 +188,14 @@ def _budget_section(summaries: list[dict], chance, budget: str, settings: Any) -
         out += ["", "Every arm minus `casa`, overall and per question type (points; `*`: resolved as above):", ""]
         out += table
     if budget == "steps":
-        out += ["", "Cost:", "", *cost_table(rows)]
+        out += [
+            "",
+            "Cost (train wall: the whole training process, model load and validation passes included, mean over "
+            f"seeds; s/step: the smallest median step time of the seeds at {settings.threads} thread(s), the cost "
+            "the equal-time budget was counted with):",
+            "",
+            *cost_table(rows, settings.threads),
+        ]
     return [*out, ""]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from casa_adapter.study.arms import STUDY, Arm
+from casa_adapter.study.stats import step_cost
 
 
 @dataclass
@@ -72,19 +73,16 @@ def time_budget_steps(settings: StudySettings, arm: Arm) -> tuple[int, float]:
     """(steps, seconds per step) of `arm`'s equal-wall-time runs: `settings.minutes` at the smallest median
     step time of its finished equal-steps runs (the least loaded measurement of what a step costs) that ran
     with the study's thread count (a step's cost depends on it)."""
-    costs, other = [], []
-    for seed in settings.seeds:
-        path = run_dir(settings, arm, seed, "steps") / "summary.json"
-        if not path.exists() or not (summary := json.loads(path.read_text())).get("step_seconds"):
-            continue
-        (costs if summary.get("threads") == settings.threads else other).append(summary["step_seconds"])
-    if not costs:
+    paths = [run_dir(settings, arm, seed, "steps") / "summary.json" for seed in settings.seeds]
+    runs = [json.loads(p.read_text()) for p in paths if p.exists()]
+    cost = step_cost(runs, settings.threads)
+    if cost is None:
+        other = [r for r in runs if r.get("step_seconds")]
         raise RuntimeError(
             f"study arm {arm.name!r}: the equal-wall-time budget needs a finished equal-steps run with "
             f"threads={settings.threads} that logged step times ({run_dir(settings, arm, settings.seeds[0], 'steps')}"
             f"{f'; {len(other)} ran with other thread counts' if other else ''}); run the equal-steps budget first"
         )
-    cost = min(costs)
     return max(1, round(settings.minutes * 60 / cost)), cost
 
 

@@ -36,9 +36,16 @@ def _stat(values: list[float], count: int) -> Stat:
     return Stat(mean, math.sqrt(mean * (1 - mean) / max(1, count)))
 
 
+def step_cost(runs: list[dict], threads: int | None) -> float | None:
+    """An arm's cost of one optimizer step: the smallest median s/step of its equal-steps `runs` (summaries) that
+    ran with `threads` CPU threads (the least loaded measurement; the cost depends on the thread count), or None."""
+    costs = [r["step_seconds"] for r in runs if r.get("step_seconds") and r.get("threads") == threads]
+    return min(costs) if costs else None
+
+
 def aggregate(summaries: list[dict], budget: str) -> list[dict]:
     """Per arm (in first-seen order) over its seeds of one budget: label, seeds, `overall` and `qtypes` as `Stat`,
-    mean steps done, training seconds, s/step and trainable parameters."""
+    mean steps done, mean training seconds, trainable parameters and the runs' summaries (`runs`)."""
     arms: dict[str, list[dict]] = {}
     for s in summaries:
         if s.get("budget", "steps") == budget:
@@ -48,7 +55,6 @@ def aggregate(summaries: list[dict], budget: str) -> list[dict]:
         count = runs[0]["eval"]["count"]
         qtypes = sorted({q for r in runs for q in r["eval"]["qtypes"]})
         per_type_count = max(1, count // max(1, len(qtypes)))
-        step_s = [r["step_seconds"] for r in runs if r.get("step_seconds")]
         out.append(
             {
                 "arm": name,
@@ -64,8 +70,8 @@ def aggregate(summaries: list[dict], budget: str) -> list[dict]:
                 # the steps each run trained: its budget (the CSV log's last row can be a few steps short of it)
                 "steps_done": statistics.fmean(r.get("budget_steps") or r.get("steps_done", r["steps"]) for r in runs),
                 "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
-                "step_seconds": statistics.fmean(step_s) if step_s else None,
                 "trainable": runs[0]["trainable"],
+                "runs": runs,
             }
         )
     return out

@@ -208,6 +208,21 @@ def test_difference_table_and_lora_twins_in_the_orderings():
     assert any(line.startswith("- ca_lora - ca: +1.0") for line in orderings(rows))  # the twin against its arm
 
 
+def test_step_cost_is_the_cheapest_seed_at_the_study_threads():
+    from casa_adapter.study.report import cost_table
+    from casa_adapter.study.stats import aggregate, step_cost
+
+    runs = [
+        {"arm": "x", "label": "X", "seed": s, "budget": "steps", "steps": 4, "train_seconds": 60.0 * (s + 1),
+         "trainable": 7, "eval": {"overall": 0.5, "count": 600, "qtypes": {"a": 0.5}}, **cost}
+        for s, cost in enumerate(({"step_seconds": 2.0, "threads": 2}, {"step_seconds": 3.5, "threads": 1},
+                                  {"step_seconds": 3.2, "threads": 1}, {"threads": 1}))
+    ]  # fmt: skip
+    assert step_cost(runs, 1) == 3.2 and step_cost(runs, 2) == 2.0 and step_cost(runs, 4) is None
+    (row,) = aggregate(runs, "steps")
+    assert cost_table([row], 1)[2] == "| X | 7 | 2.5 | 3.20 | 2.00 (2), 3.50 (1), 3.20 (1) |"
+
+
 def test_time_runs_read_the_nearest_snapshot():
     from casa_adapter.study.snapshots import snapshot_step
 
