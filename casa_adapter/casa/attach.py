@@ -39,12 +39,13 @@ from casa_adapter.casa.marker import MarkerEmbedding
 from casa_adapter.casa.parallel import CasaAttention
 from casa_adapter.casa.variants import build_layer
 from casa_adapter.casa.windows import CasaInputs
-from casa_adapter.config import CasaSettings
+from casa_adapter.config import DEFAULT_TOP_BLOCKS, CasaSettings
 
 
-def layer_indices(n_blocks: int, every: int = 1, layers: list[int] | None = None) -> list[int]:
+def layer_indices(n_blocks: int, every: int | None = None, layers: list[int] | None = None) -> list[int]:
     """Blocks that get a CASA layer. `layers` (negatives count from the end) overrides `every`;
-    `every=N` takes every N-th block counted down from the last one, so the last block always has one."""
+    `every=N` takes every N-th block counted down from the last one, so the last block always has one;
+    neither: the last `DEFAULT_TOP_BLOCKS` blocks (all of a shallower stack)."""
     if layers is not None:
         out = sorted({i + n_blocks if i < 0 else i for i in layers})
         bad = [i for i in out if not 0 <= i < n_blocks]
@@ -53,6 +54,8 @@ def layer_indices(n_blocks: int, every: int = 1, layers: list[int] | None = None
                 f"layers={layers}: indices must be within [-{n_blocks}, {n_blocks}) (attention blocks) and non-empty"
             )
         return out
+    if every is None:
+        return list(range(max(0, n_blocks - DEFAULT_TOP_BLOCKS), n_blocks))
     return sorted(range(n_blocks - 1, -1, -every))
 
 
