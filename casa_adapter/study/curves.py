@@ -9,7 +9,8 @@ from typing import Any
 
 
 def read_curves(metrics_csv: Path) -> dict[str, Any]:
-    """Validation points and throughput from Lightning's CSV log."""
+    """Validation points and throughput from Lightning's CSV log; `steps_done` is one past the last logged step (the
+    run's step count when every step is logged, up to `log_every_n_steps - 1` short of it otherwise)."""
     val, tokens, samples, seconds, last = [], [], [], [], 0
     with open(metrics_csv) as f:
         for row in csv.DictReader(f):

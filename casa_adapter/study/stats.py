@@ -61,7 +61,8 @@ def aggregate(summaries: list[dict], budget: str) -> list[dict]:
                     q: _stat([r["eval"]["qtypes"][q] for r in runs if q in r["eval"]["qtypes"]], per_type_count)
                     for q in qtypes
                 },
-                "steps_done": statistics.fmean(r.get("steps_done", r["steps"]) for r in runs),
+                # the steps each run trained: its budget (the CSV log's last row can be a few steps short of it)
+                "steps_done": statistics.fmean(r.get("budget_steps") or r.get("steps_done", r["steps"]) for r in runs),
                 "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
                 "step_seconds": statistics.fmean(step_s) if step_s else None,
                 "trainable": runs[0]["trainable"],
