@@ -112,8 +112,9 @@ class CasaSettings(_DictMixin):
     image_ffn: ImageFFN = "none"
     """`none`: image tokens reach the k/v projections as the projector gives them (after `image_norm`).
     `frozen`: they first go through the block's own feed-forward with its residual,
-    `x + FFN(norm2(x))` (the paper's CA+FFN; frozen, no new parameters). `new`: the same through a
-    trainable copy of the block's FFN and its norm (in the `casa` group). Costs one FFN pass over the
+    `x + post(FFN(norm2(x)))` (the paper's CA+FFN; frozen, no new parameters; `post`: the block's norm after
+    its FFN where it has one, `casa/ffn.py`). `new`: the same through a trainable copy of the block's FFN and
+    its norms (in the `casa` group). Costs one FFN pass over the
     image tokens per CASA layer and window (docs/variants.md has the measurement)."""
 
     history: History = "none"
@@ -185,8 +186,9 @@ class LoraSettings(_DictMixin):
     """Which decoder blocks get LoRA. `all`: every block. `from_casa`: the blocks from the lowest one holding a
     CASA layer to the last (all of them with token insertion, whose image tokens enter at block 0): with a frozen
     LLM and a fixed marker, backward reaches those blocks anyway, so LoRA there adds little time per step, while
-    LoRA on every block makes backward run through the whole stack (3x the step time of CASA in the top 4 of
-    SmolLM2's 30 blocks, docs/results.md). A list: these block indices (negatives count from the end)."""
+    LoRA on every block makes backward run through the whole stack (the design study's `casa_lora_all` arm
+    measures what that costs and gives, docs/results.md). A list: these block indices (negatives count from
+    the end)."""
 
     def __post_init__(self) -> None:
         if self.rank < 1:

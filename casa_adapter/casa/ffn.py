@@ -17,7 +17,7 @@ attention and MLP in parallel from one input norm (GPT-J, CodeGen, Phi, Cohere, 
 `fc1`/`fc2` pair get it as one module (`FcFeedForward`), pre-norm only. A block with neither is
 refused with an error naming what was looked for. The rule checked for every family it covers
 (tests/casa/test_image_ffn_families.py): with the block's attention output zeroed, the block maps
-x to exactly `x + FFN(norm(x))`.
+x to exactly `x + post(FFN(norm(x)))`.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ FC_PAIR = ("opt", "xglm", "biogpt")
 """Model types whose pre-norm blocks hold a bare `fc1` / `fc2` pair (after `final_layer_norm`) instead of an MLP
 module; the post-norm BART-style decoders with the same names are not among them."""
 INPUT_NORM_NAMES = ("ln_1", "input_layernorm")
+"""The input norm of a `PARALLEL` block, which its MLP reads when the block has no norm of its own for it."""
 POST_NORM_NAMES = ("post_feedforward_layernorm",)
 """The norm a block applies to its FFN's output before the residual add (Gemma 2/3, OLMo 2/3, EXAONE 4)."""
-"""The input norm of a `PARALLEL` block, which its MLP reads when the block has no norm of its own for it."""
 
 
 class FcFeedForward(nn.Module):

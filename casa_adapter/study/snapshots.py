@@ -34,14 +34,11 @@ def snapshot_dir(steps_run: Path, step: int, steps: int) -> Path:
     return steps_run / "adapter" / ("final" if step == steps else f"step-{step:06d}")
 
 
-def prune_snapshots(steps_run: Path, keep: Path) -> int:
-    """Delete `steps_run`'s `adapter/step-*` folders except `keep`; returns how many went."""
-    gone = 0
-    for folder in sorted((steps_run / "adapter").glob("step-*")):
+def prune_snapshots(steps_run: Path, keep: Path) -> None:
+    """Delete `steps_run`'s `adapter/step-*` folders except `keep`."""
+    for folder in (steps_run / "adapter").glob("step-*"):
         if folder != keep:
             shutil.rmtree(folder, ignore_errors=True)
-            gone += 1
-    return gone
 
 
 def find_snapshot(settings: StudySettings, arm: Arm, seed: int, wanted: int) -> tuple[int, Path] | None:
