@@ -42,15 +42,19 @@ class _DictMixin:
         return cls(**data)
 
 
+DEFAULT_TOP_BLOCKS = 4
+"""Where `CasaSettings` places CASA layers when neither `every` nor `layers` is set: the last this many blocks."""
+
+
 @dataclass
 class CasaSettings(_DictMixin):
     """Where CASA layers are attached and how they are initialised."""
 
-    every: int = 1
+    every: int | None = None
     """Attach a CASA layer to every N-th decoder block, counted down from the last block (which
-    always gets one): with 30 blocks and N=3, blocks 2, 5, ..., 29. N=1: all blocks, the paper's
-    quality default; larger N trades quality for cost. In a hybrid stack the blocks counted are those
-    `mixers` names."""
+    always gets one): with 30 blocks and N=3, blocks 2, 5, ..., 29. N=1: all blocks. None (the
+    default) with `layers` None: the last `DEFAULT_TOP_BLOCKS` blocks (the design study's best
+    quality per cost, docs/results.md). In a hybrid stack the blocks counted are those `mixers` names."""
 
     layers: list[int] | None = None
     """Explicit decoder-block indices (negative counts from the end). Overrides `every`. In a hybrid stack they
@@ -124,7 +128,7 @@ class CasaSettings(_DictMixin):
     """With `history="gist"`: how many gist tokens of earlier windows a window sees (the latest ones)."""
 
     def __post_init__(self) -> None:
-        if self.every < 1:
+        if self.every is not None and self.every < 1:
             raise ValueError(f"CasaSettings.every must be >= 1, got {self.every}")
         self._check_variant_options()
         if self.variant not in ("casa", "ca", "shared"):

@@ -3,6 +3,8 @@
 Each takes the LLM's `FamilySpec`, found once before the LLM is changed (a structural guess made
 after wrapping would see `CasaAttention` where the family's attention was).
 
+- `pinned_placement`: the settings with the default placement written out as `layers`, so what is saved
+  records where the layers are, whatever a later version's default;
 - `casa_blocks`: which decoder blocks get a CASA layer, with every check that can fail (family,
   block list, attention layout, head geometry), before anything is changed;
 - `attach_casa`: open the LLM's `CasaChannel`, set a `CasaAttention` (self-attention + CASA layer)
@@ -17,6 +19,8 @@ after wrapping would see `CasaAttention` where the family's attention was).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -39,12 +43,13 @@ from casa_adapter.casa.marker import MarkerEmbedding
 from casa_adapter.casa.parallel import CasaAttention
 from casa_adapter.casa.variants import build_layer
 from casa_adapter.casa.windows import CasaInputs
-from casa_adapter.config import CasaSettings
+from casa_adapter.config import DEFAULT_TOP_BLOCKS, CasaSettings
 
 
-def layer_indices(n_blocks: int, every: int = 1, layers: list[int] | None = None) -> list[int]:
+def layer_indices(n_blocks: int, every: int | None = None, layers: list[int] | None = None) -> list[int]:
     """Blocks that get a CASA layer. `layers` (negatives count from the end) overrides `every`;
-    `every=N` takes every N-th block counted down from the last one, so the last block always has one."""
+    `every=N` takes every N-th block counted down from the last one, so the last block always has one;
+    neither: the last `DEFAULT_TOP_BLOCKS` blocks (all of a shallower stack)."""
     if layers is not None:
         out = sorted({i + n_blocks if i < 0 else i for i in layers})
         bad = [i for i in out if not 0 <= i < n_blocks]
@@ -53,7 +58,24 @@ def layer_indices(n_blocks: int, every: int = 1, layers: list[int] | None = None
                 f"layers={layers}: indices must be within [-{n_blocks}, {n_blocks}) (attention blocks) and non-empty"
             )
         return out
+    if every is None:
+        return list(range(max(0, n_blocks - DEFAULT_TOP_BLOCKS), n_blocks))
     return sorted(range(n_blocks - 1, -1, -every))
+
+
+def counted_blocks(llm: nn.Module, spec: FamilySpec, settings: CasaSettings) -> list[int]:
+    """The decoder-block indices `every` and `layers` count: the attention blocks, or every block with
+    `mixers="all"`."""
+    return list(range(len(decoder_blocks(llm, spec)))) if settings.mixers == "all" else attention_blocks(llm, spec)
+
+
+def pinned_placement(llm: nn.Module, spec: FamilySpec, settings: CasaSettings) -> CasaSettings:
+    """`settings`, with `layers` written out when neither `every` nor `layers` is set: the last
+    `DEFAULT_TOP_BLOCKS` counted blocks as negative indices (all of them in a shallower stack)."""
+    if settings.every is not None or settings.layers is not None:
+        return settings
+    n = len(counted_blocks(llm, spec, settings))
+    return dataclasses.replace(settings, layers=list(range(-min(DEFAULT_TOP_BLOCKS, n), 0)))
 
 
 def casa_blocks(llm: nn.Module, spec: FamilySpec, settings: CasaSettings) -> list[int]:
@@ -69,7 +91,7 @@ def casa_blocks(llm: nn.Module, spec: FamilySpec, settings: CasaSettings) -> lis
             f"attention's ({spec.layout!r} layout) cannot serve as CASA's; use variant='casa' or 'ca'"
         )
     blocks, attending = decoder_blocks(llm, spec), attention_blocks(llm, spec)
-    counted = list(range(len(blocks))) if settings.mixers == "all" else attending
+    counted = counted_blocks(llm, spec, settings)
     indices = [counted[j] for j in layer_indices(len(counted), settings.every, settings.layers)]
     beside_mixers = [i for i in indices if i not in attending]
     if beside_mixers:
@@ -165,4 +187,4 @@ def probe_casa(llm: nn.Module, channel: CasaChannel, indices: list[int]) -> None
         )
 
 
-__all__ = ["attach_casa", "casa_blocks", "detach_casa", "layer_indices", "probe_casa"]
+__all__ = ["attach_casa", "casa_blocks", "counted_blocks", "detach_casa", "layer_indices", "pinned_placement", "probe_casa"]

@@ -31,7 +31,7 @@ from casa_adapter.adapters.manifest import casa_settings, lora_settings, read_ma
 from casa_adapter.backbone.base_models import load_base
 from casa_adapter.backbone.families import FamilySpec, family_spec, text_config
 from casa_adapter.backbone.lora import apply_lora, remove_lora
-from casa_adapter.casa.attach import attach_casa, casa_blocks, detach_casa
+from casa_adapter.casa.attach import attach_casa, casa_blocks, detach_casa, pinned_placement
 from casa_adapter.casa.marker import MarkerEmbedding
 from casa_adapter.casa.parallel import CasaAttention
 from casa_adapter.config import CasaSettings, LoraSettings, ModelSettings, VisionSettings
@@ -117,6 +117,8 @@ def build_model(
     """The shared build steps around `FUSIONS[settings.fusion]` (see the module docstring)."""
     fusion = FUSIONS[settings.fusion]
     spec = family_spec(llm)
+    if settings.fusion == "casa":  # the default placement written out, so a saved adapter records it
+        settings = pinned_placement(llm, spec, settings)
     indices = fusion.blocks(llm, spec, settings)
     grads = {n: p.requires_grad for n, p in llm.named_parameters()}
     try:

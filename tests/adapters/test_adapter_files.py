@@ -41,6 +41,17 @@ def test_save_load_identical_logits(tmp_path, family):
     assert loaded.trainable_parameter_names() == model.trainable_parameter_names()
 
 
+def test_default_placement_is_recorded_as_layers(tmp_path, monkeypatch):
+    """An adapter built with the default placement loads into the same blocks after the default changes."""
+    model = casa_adapter.wrap(tiny_llm("llama", num_hidden_layers=6), vision=tiny_tower())
+    assert (model.settings.every, model.settings.layers, model.layer_indices) == (None, [-4, -3, -2, -1], [2, 3, 4, 5])
+    model.save_adapter(tmp_path / "a")
+    monkeypatch.setattr("casa_adapter.casa.attach.DEFAULT_TOP_BLOCKS", 2)
+    assert casa_adapter.wrap(tiny_llm("llama", num_hidden_layers=6), vision=tiny_tower()).layer_indices == [4, 5]
+    loaded = casa_adapter.load_adapter(tmp_path / "a", tiny_llm("llama", num_hidden_layers=6), vision=tiny_tower())
+    assert loaded.layer_indices == [2, 3, 4, 5]
+
+
 def test_spec_named_random_tower_is_saved_whole(tmp_path):
     model = trained(vision="siglip-tiny", pretrained=False)
     ids, _ = batch(model)

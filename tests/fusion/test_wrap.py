@@ -108,6 +108,12 @@ def test_placement_every_and_layers():
     assert model.layer_indices == [0, 5]
     with pytest.raises(ValueError, match="within"):
         casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), layers=[7])
+    # neither set: the last DEFAULT_TOP_BLOCKS (4) blocks, all of a shallower stack; every=1: all blocks
+    assert casa_adapter.wrap(tiny_llm("llama", num_hidden_layers=6), vision=tiny_tower()).layer_indices == [2, 3, 4, 5]
+    shallow = casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower())
+    assert (shallow.layer_indices, shallow.settings.layers) == ([0, 1, 2], [-3, -2, -1])
+    every = casa_adapter.wrap(tiny_llm("llama", num_hidden_layers=6), vision=tiny_tower(), every=1)
+    assert every.layer_indices == [0, 1, 2, 3, 4, 5]
 
 
 def test_wrapping_twice_is_refused():
