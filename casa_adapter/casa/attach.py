@@ -187,4 +187,12 @@ def probe_casa(llm: nn.Module, channel: CasaChannel, indices: list[int]) -> None
         )
 
 
-__all__ = ["attach_casa", "casa_blocks", "counted_blocks", "detach_casa", "layer_indices", "pinned_placement", "probe_casa"]
+__all__ = [
+    "attach_casa",
+    "casa_blocks",
+    "counted_blocks",
+    "detach_casa",
+    "layer_indices",
+    "pinned_placement",
+    "probe_casa",
+]
