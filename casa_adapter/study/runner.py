@@ -5,7 +5,8 @@ Budgets: `steps` (every arm the same number of optimizer steps) and, with `Study
 `time` (every arm the same training time, whatever steps that buys; the learning-rate schedule is the
 equal-steps one, decaying over `steps` and held at its floor after that). The time budget is turned
 into steps per arm, `round(minutes * 60 / cost)`, where `cost` is the arm's quiet-machine seconds per
-step: the smallest of its equal-steps runs' median step times (one per seed). A wall clock would let
+step: the smallest of its equal-steps runs' median step times (one per seed) at the study's thread count
+(`stats.step_cost`). A wall clock would let
 whatever else the machine runs meanwhile decide an arm's budget; this way a shared machine slows the
 study down but does not change its result. A `time` run of no more steps than the `steps` runs is read off
 their adapter snapshots instead of training again (`snapshots.py`). Runs go arm by arm (its `steps` seeds,
