@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import yaml
 
+from casa_adapter.data.settings import DataSettings
 from casa_adapter.study.stats import aggregate, difference_table, orderings, step_cost
 
 
@@ -208,6 +209,8 @@ def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
     model = recipe["model"]["init_args"]["model"]
     data = recipe["data"]["init_args"]
     n_eval = summaries[0]["eval"]["count"] if summaries else 0
+    recipe_seed = data.get("settings", {}).get("seed", DataSettings.seed)
+    data_seed = settings.overrides.get("data.init_args.settings.seed", recipe_seed)
     se_note = "over seeds" if all(len(r["seeds"]) > 1 for r in aggregate(summaries, "steps")) else "binomial (one seed)"
     lines = [
         "# Design study: CASA variants, placements, LoRA and token insertion",
@@ -231,6 +234,9 @@ def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
         )
         + "; arms differ only in the recipe keys named in `casa_adapter/study/arms.py`. Accuracy is greedy-decoding "
         f"exact match (`casa-adapter eval`) on the {n_eval} validation samples; standard errors are {se_note}. "
+        "A seed (`seed_everything`) sets the random initialisation (vision tower, projector, new layers); the "
+        f"training data order is the recipe's (`data.settings.seed`, {data_seed} in every run), so the errors "
+        "measure initialisation noise, not data-order noise. "
         "The curves are the teacher-forced answer accuracy logged during training.",
         "",
         compute_line(summaries),
