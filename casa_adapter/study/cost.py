@@ -106,7 +106,7 @@ class _ArmStep:
             train=data.get("train"),
             val=data.get("val"),
             settings=DataSettings(
-                **{**data.get("settings", {}), "num_workers": 0}, image_tokens=self.model.vision.num_tokens()
+                **{**data.get("settings", {}), "num_workers": 0, "image_tokens": self.model.vision.num_tokens()}
             ),
             processor=processor,
             demo=DemoSettings(**data["demo"]) if data.get("demo") else None,
