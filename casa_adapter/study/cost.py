@@ -28,6 +28,7 @@ import torch
 
 from casa_adapter.atomic import atomic_file
 from casa_adapter.backbone.base_models import load_base
+from casa_adapter.bench.common import sync
 from casa_adapter.data import CasaDataModule
 from casa_adapter.data.make_demo import DemoSettings
 from casa_adapter.data.settings import DataSettings
@@ -57,7 +58,10 @@ def read_costs(settings: StudySettings) -> dict | None:
 def arm_cost(settings: StudySettings, arm: Arm) -> float:
     """`arm`'s measured seconds per step; refuses a measurement that lacks the arm or ran at other threads."""
     costs = read_costs(settings)
-    how = f"casa-adapter study --costs-only --threads {settings.threads} --work {settings.work} --arms ALL_ARMS"
+    how = (
+        f"casa-adapter study --costs-only --recipe {settings.recipe} --threads {settings.threads} --work "
+        f"{settings.work} --arms {','.join(settings.arms)} (every arm of the study, also another process's)"
+    )
     if costs is None:
         raise FileNotFoundError(f"no step costs in {costs_path(settings)}; measure every arm side by side first: {how}")
     if costs["threads"] != settings.threads:
@@ -83,11 +87,6 @@ def _device(recipe: dict) -> torch.device:
     accelerator = str(recipe.get("trainer", {}).get("accelerator", "cpu"))
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if wants_gpu else "cpu")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class _ArmStep:
@@ -121,13 +120,13 @@ class _ArmStep:
 
     def step(self, batch: dict) -> float:
         """Seconds of one training step on `batch`: forward, loss, backward, AdamW."""
-        _sync(self.device)
+        sync(self.device)
         start = time.perf_counter()
         logits, targets, _ = forward_answers(self.model, batch)
         answer_loss(logits, targets).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        _sync(self.device)
+        sync(self.device)
         return time.perf_counter() - start
 
 

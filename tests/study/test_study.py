@@ -275,7 +275,7 @@ def test_time_budget_counts_steps_at_the_side_by_side_cost(tmp_path):
 
     settings = StudySettings(arms=["casa"], seeds=[0, 1, 2], minutes=2.0, work=str(tmp_path), threads=1)
     arm = ALL_ARMS["casa"]
-    with pytest.raises(FileNotFoundError, match="no step costs .* --costs-only --threads 1"):
+    with pytest.raises(FileNotFoundError, match="no step costs .* --costs-only --recipe .* --threads 1 .*--arms casa"):
         time_budget_steps(settings, arm)
     costs = {"threads": 1, "arms": {"casa": {"median": 1.2}}, "method": "m", "device": "cpu"}
     (tmp_path / COSTS).write_text(json.dumps(costs))
