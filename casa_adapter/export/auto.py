@@ -35,8 +35,14 @@ HUB_OPTIONS = (
     "low_cpu_mem_usage",
     "adapter_kwargs",
     "attn_implementation",
+    "proxies",
+    "code_revision",
+    "_commit_hash",
+    "_from_auto",
+    "_from_pipeline",
 )
-"""`from_pretrained` keywords the Auto classes pass that do not apply to a local casa_adapter folder."""
+"""`from_pretrained` keywords the Auto classes pass that do not apply to a local casa_adapter folder (from 5.25
+they pass their hub keywords, `proxies` and `_from_auto` among them, on to the model class)."""
 
 
 class CasaVLAutoModel:

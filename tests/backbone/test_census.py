@@ -80,20 +80,37 @@ def _falcon(**extra):
     ],
     ids=["grouped-per-kv-head", "multi-query", "per-head"],
 )
-def test_falcon_layouts_split_as_falcon_does(extra):
-    """CASA's copied q/k/v equal the heads Falcon's own `_split_heads` reads from its fused projection."""
+def test_falcon_layouts_split_as_falcon_does(extra, monkeypatch):
+    """CASA's copied q/k/v equal the heads Falcon's own forward reads from its fused projection: the queries and
+    keys it hands to its rotary embedding and the values it stores in its cache (its splitting code changed
+    between transformers releases; what it computes did not)."""
+    from transformers.models.falcon import modeling_falcon
+
     llm = _falcon(**extra)
     attn = llm.transformer.h[0].self_attention
     access = AttentionAccess(attn, family_spec(llm), llm.config, "falcon")
-    x = torch.randn(1, 5, 64)
-    q, k, v = attn._split_heads(attn.query_key_value(x))  # (B, T, H, hd) or (B, T, H*hd)
-    q, k, v = (t.reshape(1, 5, -1, access.head_dim) for t in (q, k, v))
+    seen = {}
+    rotary = modeling_falcon.apply_rotary_pos_emb
+
+    def recording(q, k, *args, **kwargs):
+        seen.setdefault("qk", (q, k))  # first block's (B, H, T, hd), (B, kv heads or H, T, hd)
+        return rotary(q, k, *args, **kwargs)
+
+    def block_input(module, args):
+        seen.setdefault("x", args[0])  # (1, 5, 64): what the first block's fused projection reads
+
+    monkeypatch.setattr(modeling_falcon, "apply_rotary_pos_emb", recording)
+    attn.query_key_value.register_forward_pre_hook(block_input)
+    with torch.no_grad():
+        out = llm(torch.randint(0, 96, (1, 5)), use_cache=True)
+    x, (q, k) = seen["x"], seen["qk"]
+    v = out.past_key_values.layers[0].values  # (B, kv heads or H, T, hd)
     heads = access.num_heads // access.num_kv_heads
-    k, v = k[:, :, ::heads], v[:, :, ::heads]  # one head per KV group (Falcon broadcasts them to H)
+    k, v = (t[:, ::heads] if t.shape[1] == access.num_heads else t for t in (k, v))  # one head per KV group
     cq, ck, cv, _ = access.copies()
-    assert torch.allclose(cq(x).view(1, 5, -1, access.head_dim), q, atol=1e-6)
-    assert torch.allclose(ck(x).view(1, 5, -1, access.head_dim), k, atol=1e-6)
-    assert torch.allclose(cv(x).view(1, 5, -1, access.head_dim), v, atol=1e-6)
+    with torch.no_grad():
+        for copy, ref in ((cq, q), (ck, k), (cv, v)):
+            assert torch.allclose(copy(x).view(1, 5, -1, access.head_dim).transpose(1, 2), ref, atol=1e-6)
 
 
 def test_hybrid_every_counts_attention_blocks():
