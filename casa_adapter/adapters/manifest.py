@@ -77,9 +77,9 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     return manifest
 
 
-OLDER = {"image_norm": False, "train_marker": True, "every": 1}
-"""`CasaSettings` fields a record may lack -> what it was built with then: no image norm, a trained marker,
-`every` 1 (the defaults before those changed)."""
+OLDER = {"image_norm": False, "train_marker": True}
+"""`CasaSettings` fields a record from before them lacks -> what it was built with then: no image norm, a trained
+marker."""
 
 
 def casa_settings(manifest: dict) -> CasaSettings:
