@@ -64,10 +64,10 @@ class CasaModel(FusionModel):
         has_markers = bool((input_ids == self.image_token_id).any())
         if not images and not has_markers:
             return None
-        if sample_ids is not None and self.settings.history == "gist":
+        if sample_ids is not None and self.settings.history == "gist" and int(sample_ids.max()) > 1:
             raise ValueError(
-                "history='gist' does not support packed rows (sample_ids): a window's history would cross into "
-                "the previous sample; train with packing off"
+                f"history='gist' does not support packed rows (sample_ids up to {int(sample_ids.max())} in a row): "
+                "a window's history would cross into the previous sample; train with packing off"
             )
         features = self._row_features(input_ids, images)
         return build_inputs(input_ids, self.image_token_id, features, attention_mask, sample_ids)

@@ -199,11 +199,17 @@ def test_image_ffn_refuses_a_block_without_a_feed_forward():
         casa_adapter.wrap(llm, vision=tiny_tower(), image_ffn="frozen")
 
 
-def test_gist_history_refuses_packed_rows():
+def test_gist_history_refuses_packed_rows_and_takes_one_sample_rows():
+    """The collate gives every batch sample_ids (1 = the row's one sample, 0 = padding when unpacked): gist takes a
+    row of one sample as without them, and refuses a row packing two."""
     model = model_with(history="gist")
     ids, images = video(model)
-    with pytest.raises(ValueError, match="does not support packed rows"):
-        model(ids, images=images, sample_ids=torch.zeros_like(ids))
+    one = torch.ones_like(ids)
+    assert torch.equal(model(ids, images=images, sample_ids=one).logits, model(ids, images=images).logits)
+    two = one.clone()
+    two[:, ids.shape[1] // 2 :] = 2
+    with pytest.raises(ValueError, match="does not support packed rows .sample_ids up to 2"):
+        model(ids, images=images, sample_ids=two)
 
 
 def test_options_survive_save_and_load(tmp_path):
