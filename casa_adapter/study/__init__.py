@@ -5,6 +5,7 @@ equal-wall-time budget, written up as `docs/results.md` with plots and standard 
     casa-adapter study --recipe recipes/study.yaml --minutes 10     # the reported arms, seeds 0,1,2, 200 steps + 10 min
     casa-adapter study --arms casa,insertion --seeds 0 --steps 100 --out /tmp/study.md
     casa-adapter study --report-only            # rewrite the report from finished runs
+    casa-adapter study --costs-only --threads 1 # the step costs of the equal-wall-time budget, side by side
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 import yaml
 
-from casa_adapter.study.arms import ARMS, Arm
+from casa_adapter.study.arms import ARMS, Arm, select
+from casa_adapter.study.cost import costs_path, measure_costs
 from casa_adapter.study.report import write_report
 from casa_adapter.study.runner import StudySettings, read_summaries, run_study
 
@@ -71,6 +74,23 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="CPU threads of each run (OMP_NUM_THREADS; 1 keeps a shared machine from oversubscribing)",
     )
+    p.add_argument(
+        "--costs-only",
+        action="store_true",
+        help="only measure the arms' step costs side by side (WORK/costs.json, the equal-wall-time budgets)",
+    )
+    p.add_argument(
+        "--cost-rounds",
+        type=int,
+        default=defaults.cost_rounds,
+        help="rounds of the side-by-side cost measurement (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cost-steps",
+        type=int,
+        default=defaults.cost_steps,
+        help="timed steps per arm and round (default: %(default)s)",
+    )
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from the runs in --work")
     p.add_argument("--quiet", action="store_true", help="children's output to WORK/ARM/train.log and eval.log")
     return p
@@ -105,7 +125,15 @@ def main(argv: list[str]) -> int:
             out=args.out,
             quiet=args.quiet,
             threads=args.threads,
+            cost_rounds=args.cost_rounds,
+            cost_steps=args.cost_steps,
         )
+        if args.costs_only:
+            costs = measure_costs(settings, yaml.safe_load(Path(settings.recipe).read_text()), select(settings.arms))
+            for name, row in costs["arms"].items():
+                print(f"{name}: {row['median']:.2f} s/step")
+            print(f"costs written to {costs_path(settings)}")
+            return 0
         summaries = read_summaries(settings) if args.report_only else run_study(settings)
     except (ValueError, FileNotFoundError) as e:
         print(f"casa-adapter study: error: {e}", file=sys.stderr)

@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from casa_adapter.data.settings import DataSettings
-from casa_adapter.study.stats import aggregate, difference_table, orderings, step_cost
+from casa_adapter.study.cost import read_costs
+from casa_adapter.study.stats import aggregate, difference_table, orderings
 
 
 def chance_levels(recipe: dict) -> dict[str, float] | None:
@@ -111,14 +112,14 @@ def plot(summaries: list[dict], folder: Path) -> list[Path]:
     return [*paths, folder / "arm_accuracy.png"]
 
 
-def accuracy_table(rows: list[dict], chance: dict[str, float] | None, budget: str, threads: int | None) -> list[str]:
+def accuracy_table(rows: list[dict], chance: dict[str, float] | None, budget: str, costs: dict | None) -> list[str]:
     """Mean ± SE per arm, overall and per question type; beside it the steps an equal-time run trained, or an
-    equal-steps arm's step cost (`step_cost` at `threads`, what its equal-time budget was counted with)."""
+    equal-steps arm's step cost measured side by side (`costs`, what the equal-time budget was counted with)."""
     qtypes = sorted({q for r in rows for q in r["qtypes"]})
     extra = "steps" if budget == "time" else "s/step"
     lines = [f"| arm | seeds | {extra} | overall | " + " | ".join(qtypes) + " |", "|---" * (len(qtypes) + 4) + "|"]
     for r in rows:
-        cost = f"{r['steps_done']:.0f}" if budget == "time" else _num(step_cost(r["runs"], threads))
+        cost = f"{r['steps_done']:.0f}" if budget == "time" else _num(_cost(costs, r["arm"]))
         lines.append(
             f"| {r['label']} | {len(r['seeds'])} | {cost} | **{r['overall'].show()}** | "
             + " | ".join(r["qtypes"][q].show() if q in r["qtypes"] else "-" for q in qtypes)
@@ -137,10 +138,16 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def cost_table(rows: list[dict], threads: int | None) -> list[str]:
-    """Per arm: trainable parameters, mean training wall time, the step cost and each seed's median s/step."""
+def _cost(costs: dict | None, arm: str) -> float | None:
+    return None if costs is None or arm not in costs["arms"] else costs["arms"][arm]["median"]
+
+
+def cost_table(rows: list[dict], costs: dict | None) -> list[str]:
+    """Per arm: trainable parameters, mean training wall time, the step cost measured side by side and each
+    seed's median s/step in its own training run."""
     lines = [
-        "| arm | trainable params | train wall (min, mean) | s/step | s/step per seed (threads) |",
+        "| arm | trainable params | train wall (min, mean) | s/step (side by side) | s/step in training, per seed "
+        "(threads) |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
@@ -149,7 +156,7 @@ def cost_table(rows: list[dict], threads: int | None) -> list[str]:
         )
         lines.append(
             f"| {r['label']} | {r['trainable']:,} | {r['train_seconds'] / 60:.1f} | "
-            f"{_num(step_cost(r['runs'], threads))} | {seeds or '-'} |"
+            f"{_num(_cost(costs, r['arm']))} | {seeds or '-'} |"
         )
     return lines
 
@@ -172,11 +179,12 @@ def _budget_section(summaries: list[dict], chance, budget: str, settings: Any) -
     rows = aggregate(summaries, budget)
     if not rows:
         return []
+    costs = read_costs(settings)
     title = (
         f"Equal steps ({settings.steps} steps)" if budget == "steps" else f"Equal wall time ({settings.minutes} min)"
     )
     out = [f"## {title}", "", "Accuracy (%), mean ± standard error over seeds:", ""]
-    out += accuracy_table(rows, chance, budget, settings.threads)
+    out += accuracy_table(rows, chance, budget, costs)
     out += [
         "",
         "Which differences the noise resolves (Welch's t-test, 5% two-sided: |difference| > t(0.975, df) x the "
@@ -189,13 +197,19 @@ def _budget_section(summaries: list[dict], chance, budget: str, settings: Any) -
         out += ["", "Every arm minus `casa`, overall and per question type (points; `*`: resolved as above):", ""]
         out += table
     if budget == "steps":
+        how = (
+            ""
+            if costs is None
+            else f" ({costs['method']}, {costs['threads'] or 'default'} thread(s), {costs['device']})"
+        )
         out += [
             "",
             "Cost (train wall: the whole training process, model load and validation passes included, mean over "
-            f"seeds; s/step: the smallest median step time of the seeds at {settings.threads} thread(s), the cost "
-            "the equal-time budget was counted with):",
+            f"seeds; s/step side by side: every arm's training step timed in one process{how}, the cost the "
+            "equal-time budget was counted with; per seed: the median step time of each training run, which "
+            "depends on what else the machine ran then):",
             "",
-            *cost_table(rows, settings.threads),
+            *cost_table(rows, costs),
         ]
     return [*out, ""]
 
@@ -223,9 +237,10 @@ def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
         f"`{model.get('vision', {}).get('name')}`, batch {data.get('settings', {}).get('batch_size')}) with seeds "
         f"{settings.seeds}, for {settings.steps} optimizer steps"
         + (
-            f" and, separately, for {settings.minutes} minutes of training, counted in steps at the arm's "
-            "quiet-machine cost (the smallest median s/step of its equal-steps runs at the same thread count), so "
-            "the load of a shared machine does not decide an arm's budget; such a run of no more steps than the "
+            f" and, separately, for {settings.minutes} minutes of training, counted in steps at the arm's cost "
+            "measured side by side with every other arm (each arm's training step timed round-robin in one "
+            "process, `casa_adapter/study/cost.py`), so the load of a shared machine does not decide an arm's "
+            "budget; such a run of no more steps than the "
             "equal-steps ones is the equal-steps run's adapter at the nearest snapshot (every "
             f"{settings.snapshot_every} steps; the same model a shorter run with that schedule trains), one of more "
             "steps trains"

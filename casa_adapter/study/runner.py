@@ -1,26 +1,27 @@
-"""Runs the study: per arm, seed and budget, train from the shared recipe in a child process, then
-`casa-adapter eval`.
+"""Runs the study: per arm, seed and budget, train from the shared recipe in a child process, then `casa-adapter
+eval`.
 
-Budgets: `steps` (every arm the same number of optimizer steps) and, with `StudySettings.minutes`,
-`time` (every arm the same training time, whatever steps that buys; the learning-rate schedule is the
-equal-steps one, decaying over `steps` and held at its floor after that). The time budget is turned
-into steps per arm, `round(minutes * 60 / cost)`, where `cost` is the arm's quiet-machine seconds per
-step: the smallest of its equal-steps runs' median step times (one per seed) at the study's thread count
-(`stats.step_cost`). A wall clock would let
-whatever else the machine runs meanwhile decide an arm's budget; this way a shared machine slows the
-study down but does not change its result. A `time` run of no more steps than the `steps` runs is read off
-their adapter snapshots instead of training again (`snapshots.py`). Runs go arm by arm (its `steps` seeds,
-then its `time` seeds), so a study stopped half way has whole arms. Each run gets
-`WORK/ARM/BUDGET-seedN/`: `recipe.yaml` (the recipe it ran), `logs/metrics.csv` (Lightning's CSV
-log: validation curves, throughput), `adapter/final`, `eval.json` + `preds.jsonl` (greedy answers on
-the validation shards, per question type) and `summary.json` (what the report reads). Training runs
-in a child process so that each arm's peak resident memory is its own (`os.wait4` rusage).
+Budgets: `steps` (every arm the same number of optimizer steps) and, with `StudySettings.minutes`, `time`
+(every arm the same training time, whatever steps that buys; the learning-rate schedule is the equal-steps
+one, decaying over `steps` and held at its floor after that). The time budget is turned into steps per arm,
+`round(minutes * 60 / cost)`, where `cost` is the arm's seconds per step measured side by side with every
+other arm before any time run (`cost.py`, `WORK/costs.json`). A wall clock, or the arm's own training runs'
+step times, would let whatever else the machine runs meanwhile decide an arm's budget; this way a shared
+machine slows the study down but does not change its result. A time run whose budget no longer matches the
+measured costs (they were measured again) is run again. A `time` run of no more steps than the `steps` runs is
+read off their adapter snapshots instead of training again (`snapshots.py`). Runs go arm by arm (its `steps`
+seeds, then its `time` seeds), so a study stopped half way has whole arms. Each run gets
+`WORK/ARM/BUDGET-seedN/`: `recipe.yaml` (the recipe it ran), `logs/metrics.csv` (Lightning's CSV log: validation curves,
+throughput), `adapter/final`, `eval.json` + `preds.jsonl` (greedy answers on the validation shards, per
+question type) and `summary.json` (what the report reads). Training runs in a child process so that each arm's
+peak resident memory is its own (`os.wait4` rusage).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ import yaml
 
 from casa_adapter.study.arms import Arm, select
 from casa_adapter.study.children import child, evaluate, write_summary
+from casa_adapter.study.cost import measure_costs, read_costs, time_budget_steps
 from casa_adapter.study.curves import read_curves
-from casa_adapter.study.settings import StudySettings, run_dir, time_budget_steps
+from casa_adapter.study.settings import StudySettings, run_dir
 from casa_adapter.study.snapshots import find_snapshot, snapshot_run
 
 
@@ -147,16 +149,34 @@ def _runs(settings: StudySettings) -> list[tuple[Arm, int, str]]:
 
 
 def run_study(settings: StudySettings) -> list[dict]:
-    """Every run in order (a finished one, with its summary.json, is read back, not run again); the summaries."""
+    """Every run in order (a finished one, with its summary.json, is read back, not run again, unless it is a
+    time run whose budget changed); the summaries. With `minutes` and no `costs.json` yet, the step costs of
+    `settings.arms` are measured first."""
     base_recipe = yaml.safe_load(Path(settings.recipe).read_text())
+    if settings.minutes is not None and read_costs(settings) is None:
+        measure_costs(settings, base_recipe, select(settings.arms))
     runs, out = _runs(settings), []
     for i, (arm, seed, budget) in enumerate(runs, 1):
         done = run_dir(settings, arm, seed, budget) / "summary.json"
         if done.exists():
-            out.append(json.loads(done.read_text()))
-            continue
+            summary = json.loads(done.read_text())
+            if budget == "steps" or _budget_holds(settings, arm, summary, f"[study {i}/{len(runs)}]"):
+                out.append(summary)
+                continue
         out.append(run_arm(arm, base_recipe, settings, i, len(runs), seed, budget))
     return out
+
+
+def _budget_holds(settings: StudySettings, arm: Arm, summary: dict, tag: str) -> bool:
+    """Whether a finished time run was given the steps the measured costs give now; if not, its folder is
+    cleared for the run to be done again."""
+    wanted, _ = time_budget_steps(settings, arm)
+    had = summary.get("requested_steps", summary.get("budget_steps"))
+    if had == wanted:
+        return True
+    print(f"{tag} {arm.name} seed {summary.get('seed')}: time budget now {wanted} steps (was {had}); again", flush=True)
+    shutil.rmtree(run_dir(settings, arm, summary.get("seed", 0), "time"))
+    return False
 
 
 def read_summaries(settings: StudySettings) -> list[dict]:

@@ -1,15 +1,12 @@
-"""The study's settings and where its runs live: `StudySettings`, `run_dir` and the equal-wall-time budget
-in steps (`time_budget_steps`)."""
+"""The study's settings and where its runs live: `StudySettings` and `run_dir`."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from casa_adapter.study.arms import STUDY, Arm
-from casa_adapter.study.stats import step_cost
 
 
 @dataclass
@@ -23,10 +20,11 @@ class StudySettings:
     steps: int = 200
     """Optimizer steps per arm of the equal-steps runs (the recipe's `max_time` is lifted there)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """Training seeds (`seed_everything`: initialisation and data order); every arm runs each."""
+    """Training seeds (`seed_everything`: the random initialisation; the data order is the recipe's
+    `data.settings.seed` in every run); every arm runs each."""
     minutes: float | None = None
     """Also run every arm and seed for this many minutes of training (the equal-wall-time table), counted in
-    steps at the arm's measured seconds per step (`time_budget_steps`); None: no."""
+    steps at the arm's seconds per step measured side by side with the others (`cost.py`); None: no."""
     val_every: int = 50
     """Validation (loss and answer accuracy) every this many steps: the points of the curves."""
     base: str | None = None
@@ -48,7 +46,15 @@ class StudySettings:
     of N <= `steps` steps is evaluated on the snapshot nearest to N instead of training again (the same model:
     same seed, data order and schedule; `casa_adapter.study.snapshots`). 0: every time run trains."""
 
+    cost_rounds: int = 3
+    """Rounds of the side-by-side step-cost measurement (`cost.py`): each times every arm in turn."""
+
+    cost_steps: int = 3
+    """Timed training steps per arm and round of the cost measurement (after one untimed warm-up step)."""
+
     def __post_init__(self) -> None:
+        if self.cost_rounds < 1 or self.cost_steps < 1:
+            raise ValueError(f"cost_rounds and cost_steps must be >= 1, got {self.cost_rounds}, {self.cost_steps}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
         if self.steps < 1 or not 1 <= self.val_every <= self.steps:
@@ -69,21 +75,4 @@ def run_dir(settings: StudySettings, arm: Arm, seed: int, budget: str) -> Path:
     return Path(settings.work) / arm.name / f"{budget}-seed{seed}"
 
 
-def time_budget_steps(settings: StudySettings, arm: Arm) -> tuple[int, float]:
-    """(steps, seconds per step) of `arm`'s equal-wall-time runs: `settings.minutes` at the smallest median
-    step time of its finished equal-steps runs (the least loaded measurement of what a step costs) that ran
-    with the study's thread count (a step's cost depends on it)."""
-    paths = [run_dir(settings, arm, seed, "steps") / "summary.json" for seed in settings.seeds]
-    runs = [json.loads(p.read_text()) for p in paths if p.exists()]
-    cost = step_cost(runs, settings.threads)
-    if cost is None:
-        other = [r for r in runs if r.get("step_seconds")]
-        raise RuntimeError(
-            f"study arm {arm.name!r}: the equal-wall-time budget needs a finished equal-steps run with "
-            f"threads={settings.threads} that logged step times ({run_dir(settings, arm, settings.seeds[0], 'steps')}"
-            f"{f'; {len(other)} ran with other thread counts' if other else ''}); run the equal-steps budget first"
-        )
-    return max(1, round(settings.minutes * 60 / cost)), cost
-
-
-__all__ = ["StudySettings", "run_dir", "time_budget_steps"]
+__all__ = ["StudySettings", "run_dir"]

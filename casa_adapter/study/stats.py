@@ -36,13 +36,6 @@ def _stat(values: list[float], count: int) -> Stat:
     return Stat(mean, math.sqrt(mean * (1 - mean) / max(1, count)))
 
 
-def step_cost(runs: list[dict], threads: int | None) -> float | None:
-    """An arm's cost of one optimizer step: the smallest median s/step of its equal-steps `runs` (summaries) that
-    ran with `threads` CPU threads (the least loaded measurement; the cost depends on the thread count), or None."""
-    costs = [r["step_seconds"] for r in runs if r.get("step_seconds") and r.get("threads") == threads]
-    return min(costs) if costs else None
-
-
 def aggregate(summaries: list[dict], budget: str) -> list[dict]:
     """Per arm (in first-seen order) over its seeds of one budget: label, seeds, `overall` and `qtypes` as `Stat`,
     mean steps done, mean training seconds, trainable parameters and the runs' summaries (`runs`)."""

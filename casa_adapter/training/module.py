@@ -48,6 +48,25 @@ def answer_accuracy(preds: torch.Tensor, targets: torch.Tensor, sample_ids: torc
     return int(((answered > 0) & (missed == 0)).sum()), total
 
 
+def forward_answers(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`model` on a collated `batch` with logits only where a label follows: (logits (B, P, V), targets (B, P),
+    sample ids (B, P))."""
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # (P,)
+    if keep.numel() == 0:
+        keep = torch.zeros(1, dtype=torch.long, device=targets.device)
+    inputs = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
+    out = model(**inputs, logits_to_keep=keep)
+    sample_ids = batch.get("sample_ids")
+    sample_ids = torch.ones_like(targets) if sample_ids is None else sample_ids[:, 1:]
+    return out.logits, targets[:, keep], sample_ids[:, keep]
+
+
+def answer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens (fp32)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
 class CasaModule(L.LightningModule):
     """Trains only the new parameters of a CASA-wrapped LLM.
 
@@ -105,31 +124,16 @@ class CasaModule(L.LightningModule):
         shard_if_model_parallel(self)
 
     # -- steps -----------------------------------------------------------------------------
-    def _forward_answers(self, batch: dict):
-        """Logits only where a label follows: returns (logits (B, P, V), targets (B, P), sample ids (B, P))."""
-        targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
-        keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # (P,)
-        if keep.numel() == 0:
-            keep = torch.zeros(1, dtype=torch.long, device=targets.device)
-        inputs = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
-        out = self.model(**inputs, logits_to_keep=keep)
-        sample_ids = batch.get("sample_ids")
-        sample_ids = torch.ones_like(targets) if sample_ids is None else sample_ids[:, 1:]
-        return out.logits, targets[:, keep], sample_ids[:, keep]
-
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits, targets, _ = self._forward_answers(batch)
-        loss = self._loss(logits, targets)
+        logits, targets, _ = forward_answers(self.model, batch)
+        loss = answer_loss(logits, targets)
         self.log("train/loss", loss, prog_bar=True, batch_size=targets.shape[0])
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], prog_bar=False)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        logits, targets, sample_ids = self._forward_answers(batch)
-        loss = self._loss(logits, targets)
+        logits, targets, sample_ids = forward_answers(self.model, batch)
+        loss = answer_loss(logits, targets)
         correct, total = answer_accuracy(logits.argmax(-1), targets, sample_ids)
         n_tokens = int((targets != IGNORE_INDEX).sum())
         self.log("val/loss", loss, prog_bar=True, batch_size=max(1, n_tokens), sync_dist=True)

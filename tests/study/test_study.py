@@ -20,6 +20,7 @@ from recipe_runs import tiny_recipe, write_recipe
 
 ARMS = ("replace_lora", "text_only")
 STEPS, VAL_EVERY, N_VAL, SEEDS, SNAPSHOT_EVERY = 4, 2, 24, (0, 1), 2
+COST_ROUNDS, COST_STEPS = 2, 1
 MINUTES = 1e-6  # one step at any cost: the time runs read the step-2 snapshot (the grid's nearest)
 
 
@@ -56,6 +57,10 @@ def study(tmp_path_factory) -> Path:
                 str(MINUTES),
                 "--snapshot-every",
                 str(SNAPSHOT_EVERY),
+                "--cost-rounds",
+                str(COST_ROUNDS),
+                "--cost-steps",
+                str(COST_STEPS),
                 "--work",
                 str(root / "work"),
                 "--out",
@@ -90,11 +95,11 @@ def test_every_run_did_its_own_recipe_seed_and_budget(study):
             assert summary["eval"]["qtypes"].keys() == {"color", "word_under"}
             assert summary["trainable"] > 0 and summary["peak_rss_mb"] > 100 and summary["step_seconds"] > 0
             assert summary["threads"] == 1
-        cost = min(
-            json.loads((study / "work" / arm / f"steps-seed{s}" / "summary.json").read_text())["step_seconds"]
-            for s in SEEDS
-        )
-        for seed in SEEDS:  # the time budget: MINUTES at the arm's smallest median step time, in steps
+        costs = json.loads((study / "work" / "costs.json").read_text())  # measured before the runs, side by side
+        assert costs["threads"] == 1 and set(costs["arms"]) == set(ARMS)
+        assert len(costs["arms"][arm]["seconds"]) == COST_ROUNDS * COST_STEPS
+        cost = costs["arms"][arm]["median"]
+        for seed in SEEDS:  # the time budget: MINUTES at the arm's side-by-side cost, in steps
             summary = json.loads((study / "work" / arm / f"time-seed{seed}" / "summary.json").read_text())
             assert summary["requested_steps"] == max(1, round(MINUTES * 60 / cost)) == 1
             assert summary["steps_done"] == summary["budget_steps"] == SNAPSHOT_EVERY and summary["step_cost"] == cost
@@ -208,19 +213,19 @@ def test_difference_table_and_lora_twins_in_the_orderings():
     assert any(line.startswith("- ca_lora - ca: +1.0") for line in orderings(rows))  # the twin against its arm
 
 
-def test_step_cost_is_the_cheapest_seed_at_the_study_threads():
+def test_cost_table_shows_the_side_by_side_cost_and_each_seeds_own():
     from casa_adapter.study.report import cost_table
-    from casa_adapter.study.stats import aggregate, step_cost
+    from casa_adapter.study.stats import aggregate
 
     runs = [
         {"arm": "x", "label": "X", "seed": s, "budget": "steps", "steps": 4, "train_seconds": 60.0 * (s + 1),
          "trainable": 7, "eval": {"overall": 0.5, "count": 600, "qtypes": {"a": 0.5}}, **cost}
-        for s, cost in enumerate(({"step_seconds": 2.0, "threads": 2}, {"step_seconds": 3.5, "threads": 1},
-                                  {"step_seconds": 3.2, "threads": 1}, {"threads": 1}))
+        for s, cost in enumerate(({"step_seconds": 2.0, "threads": 2}, {"step_seconds": 3.5, "threads": 1}, {}))
     ]  # fmt: skip
-    assert step_cost(runs, 1) == 3.2 and step_cost(runs, 2) == 2.0 and step_cost(runs, 4) is None
     (row,) = aggregate(runs, "steps")
-    assert cost_table([row], 1)[2] == "| X | 7 | 2.5 | 3.20 | 2.00 (2), 3.50 (1), 3.20 (1) |"
+    costs = {"arms": {"x": {"median": 3.1}}}
+    assert cost_table([row], costs)[2] == "| X | 7 | 2.0 | 3.10 | 2.00 (2), 3.50 (1) |"
+    assert cost_table([row], None)[2] == "| X | 7 | 2.0 | - | 2.00 (2), 3.50 (1) |"
 
 
 def test_time_runs_read_the_nearest_snapshot():
@@ -260,24 +265,24 @@ def test_report_only_and_errors(study, capsys):
     assert "no finished steps run of study arm 'ca' seed 0" in capsys.readouterr().err
 
 
-def test_time_budget_counts_steps_at_the_arms_quiet_cost(tmp_path):
-    """The equal-wall-time budget: minutes at the smallest median step time over the arm's equal-steps runs."""
+def test_time_budget_counts_steps_at_the_side_by_side_cost(tmp_path):
+    """The equal-wall-time budget: minutes at the arm's cost in costs.json, which must cover the arm and the
+    study's thread count."""
     from casa_adapter.study.arms import ARMS as ALL_ARMS
-    from casa_adapter.study.runner import StudySettings, arm_recipe, run_dir, time_budget_steps
+    from casa_adapter.study.cost import COSTS, time_budget_steps
+    from casa_adapter.study.runner import StudySettings, arm_recipe
 
-    settings = StudySettings(arms=["casa"], seeds=[0, 1, 2], minutes=2.0, work=str(tmp_path))
+    settings = StudySettings(arms=["casa"], seeds=[0, 1, 2], minutes=2.0, work=str(tmp_path), threads=1)
     arm = ALL_ARMS["casa"]
-    with pytest.raises(RuntimeError, match="equal-steps run"):
+    with pytest.raises(FileNotFoundError, match="no step costs .* --costs-only --threads 1"):
         time_budget_steps(settings, arm)
-    for seed, cost, threads in ((0, 1.5, None), (1, 1.2, None), (2, 0.6, 2)):  # seed 2: other threads, left out
-        run_dir(settings, arm, seed, "steps").mkdir(parents=True)
-        summary = {"step_seconds": cost, "threads": threads}
-        (run_dir(settings, arm, seed, "steps") / "summary.json").write_text(json.dumps(summary))
+    costs = {"threads": 1, "arms": {"casa": {"median": 1.2}}, "method": "m", "device": "cpu"}
+    (tmp_path / COSTS).write_text(json.dumps(costs))
     assert time_budget_steps(settings, arm) == (100, 1.2)  # 120 s / 1.2 s
-    with pytest.raises(RuntimeError, match="threads=1 .* 3 ran with other thread counts"):
-        time_budget_steps(
-            StudySettings(arms=["casa"], seeds=[0, 1, 2], minutes=2.0, work=str(tmp_path), threads=1), arm
-        )
+    with pytest.raises(ValueError, match="has no cost of arm 'ca' .measured: casa"):
+        time_budget_steps(settings, ALL_ARMS["ca"])
+    with pytest.raises(ValueError, match="measured at threads=1, this study runs at threads=2"):
+        time_budget_steps(StudySettings(minutes=2.0, work=str(tmp_path), threads=2), arm)
     recipe = arm_recipe({}, arm, settings, tmp_path / "t", 0, "time", 100)
     assert recipe["trainer"]["max_steps"] == 100 and recipe["trainer"]["max_time"] is None
     with pytest.raises(ValueError, match="threads"):

@@ -1,0 +1,42 @@
+"""The equal-wall-time budget's step costs: measured side by side (round-robin, one process) into costs.json, and
+a finished time run whose budget no longer matches them is run again."""
+
+from __future__ import annotations
+
+import json
+
+from casa_adapter.study.arms import ARMS
+from casa_adapter.study.cost import COSTS, measure_costs, read_costs
+from casa_adapter.study.runner import StudySettings, _budget_holds, run_dir
+
+from recipe_runs import make_demo_data, tiny_recipe
+
+
+def test_costs_are_measured_round_robin_and_written(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path / "run", make_demo_data(tmp_path, train=16, val=4))
+    settings = StudySettings(work=str(tmp_path / "work"), threads=1, cost_rounds=2, cost_steps=1)
+    costs = measure_costs(settings, recipe, [ARMS["casa"], ARMS["insertion"]])
+    assert read_costs(settings) == costs and (tmp_path / "work" / COSTS).exists()
+    assert costs["threads"] == 1 and costs["device"] == "cpu" and "2 rounds x 1 timed steps" in costs["method"]
+    for arm in ("casa", "insertion"):
+        assert len(costs["arms"][arm]["seconds"]) == 2 and costs["arms"][arm]["median"] > 0
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[study costs]")]
+    assert [line.split(":")[0] for line in progress] == [  # round by round, every arm in turn
+        "[study costs] round 1/2, 1/2 casa",
+        "[study costs] round 1/2, 2/2 insertion",
+        "[study costs] round 2/2, 1/2 casa",
+        "[study costs] round 2/2, 2/2 insertion",
+    ]
+
+
+def test_a_time_run_whose_budget_changed_is_run_again(tmp_path):
+    settings = StudySettings(arms=["casa"], minutes=1.0, work=str(tmp_path), threads=1)
+    (tmp_path / COSTS).write_text(json.dumps({"threads": 1, "arms": {"casa": {"median": 2.0}}}))  # 30 steps
+    folder = run_dir(settings, ARMS["casa"], 0, "time")
+    folder.mkdir(parents=True)
+    (folder / "eval.json").write_text("{}")
+    assert _budget_holds(settings, ARMS["casa"], {"seed": 0, "requested_steps": 30}, "[t]")
+    assert _budget_holds(settings, ARMS["casa"], {"seed": 0, "budget_steps": 30}, "[t]")  # a trained time run
+    assert folder.exists()
+    assert not _budget_holds(settings, ARMS["casa"], {"seed": 0, "requested_steps": 34}, "[t]")
+    assert not folder.exists()  # cleared, to be run again
