@@ -35,6 +35,7 @@ from casa_adapter.eval.loading import model_settings
 from casa_adapter.fusion.build import wrap
 from casa_adapter.processor import Processor
 from casa_adapter.study.arms import Arm
+from casa_adapter.study.recipes import arm_recipe
 from casa_adapter.study.settings import StudySettings
 from casa_adapter.training.module import answer_loss, forward_answers
 from casa_adapter.training.optim import OptimSettings, build_optimizer
@@ -144,8 +145,6 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 def measure_costs(settings: StudySettings, base_recipe: dict, arms: list[Arm]) -> dict:
     """Time every arm's training step round-robin (see the module docstring) and write `costs.json`."""
-    from casa_adapter.study.runner import arm_recipe  # the runner reads costs through this module
-
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = _device(base_recipe)

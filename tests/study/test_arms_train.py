@@ -20,7 +20,7 @@ from casa_adapter.data.make_demo import DemoSettings, make_demo
 from casa_adapter.data.settings import DataSettings
 from casa_adapter.eval.loading import model_settings
 from casa_adapter.study.arms import ARMS
-from casa_adapter.study.runner import arm_recipe
+from casa_adapter.study.recipes import arm_recipe
 from casa_adapter.study.settings import StudySettings
 from casa_adapter.training.optim import OptimSettings
 

@@ -270,7 +270,8 @@ def test_time_budget_counts_steps_at_the_side_by_side_cost(tmp_path):
     study's thread count."""
     from casa_adapter.study.arms import ARMS as ALL_ARMS
     from casa_adapter.study.cost import COSTS, time_budget_steps
-    from casa_adapter.study.runner import StudySettings, arm_recipe
+    from casa_adapter.study.recipes import arm_recipe
+    from casa_adapter.study.runner import StudySettings
 
     settings = StudySettings(arms=["casa"], seeds=[0, 1, 2], minutes=2.0, work=str(tmp_path), threads=1)
     arm = ALL_ARMS["casa"]

@@ -1,0 +1,70 @@
+"""The recipe of one study run: the shared recipe with the run's seed, budget, output folders and the arm's
+changes (`arm_recipe`), set by dotted paths (`set_path`)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from casa_adapter.study.arms import Arm
+from casa_adapter.study.settings import StudySettings
+
+
+def set_path(config: dict, path: str, value: Any) -> None:
+    """config["a"]["b"]["c"] = value for path "a.b.c", creating missing levels."""
+    node = config
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"recipe path {path!r}: {key!r} is not a mapping")
+    node[last] = value
+
+
+def arm_recipe(
+    base: dict,
+    arm: Arm,
+    settings: StudySettings,
+    arm_dir: Path,
+    seed: int = 0,
+    budget: str = "steps",
+    time_steps: int | None = None,
+) -> dict:
+    """The recipe one run does: the shared one, its seed, budget and output folders, then the arm's changes.
+    `time_steps`: the steps of a `time` run (`time_budget_steps`)."""
+    config = copy.deepcopy(base)
+    config["seed_everything"] = seed
+    trainer = config.setdefault("trainer", {})
+    timed = budget == "time"
+    if timed and time_steps is None:
+        raise ValueError("a time-budget recipe needs its steps (time_budget_steps)")
+    trainer.update(
+        max_steps=time_steps if timed else settings.steps,
+        max_time=None,
+        val_check_interval=settings.val_every,
+        check_val_every_n_epoch=None,
+        default_root_dir=str(arm_dir),
+        enable_checkpointing=False,
+        logger={
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(arm_dir), "name": "logs", "version": ""},
+        },
+        callbacks=[],
+    )
+    config["adapter"] = {"dirpath": str(arm_dir / "adapter")}
+    if budget == "steps" and settings.minutes is not None and settings.snapshot_every:  # for the time runs
+        config["adapter"].update(
+            every_n_steps=settings.snapshot_every, keep_last=settings.steps // settings.snapshot_every
+        )
+    if timed:  # the equal-steps runs' schedule (decay over `steps`), held at its floor after that
+        set_path(config, "model.init_args.optim.total_steps", settings.steps)
+    changes = dict(settings.overrides)
+    if settings.base is not None:
+        changes["model.init_args.model.base"] = settings.base
+    for path, value in {**changes, **arm.recipe}.items():
+        set_path(config, path, value)
+    return config
+
+
+__all__ = ["arm_recipe", "set_path"]
