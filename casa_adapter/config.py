@@ -90,10 +90,11 @@ class CasaSettings(_DictMixin):
     than the text's and a frozen LLM's attention can leave them unattended (docs/architecture.md,
     "Image-token norm", has the measurement)."""
 
-    train_marker: bool = True
-    """Train the image-marker embedding. False keeps it at its start (the mean token embedding), so
-    with a frozen LLM backward stops at the lowest CASA block: CASA only in the top blocks then
-    trains several times faster (docs/performance.md)."""
+    train_marker: bool = False
+    """Train the image-marker embedding. False (the default) keeps it at its start (the mean token
+    embedding), so with a frozen LLM backward stops at the lowest CASA block: CASA only in the top
+    blocks then trains several times faster (docs/performance.md); the design study measured what
+    training it adds (docs/results.md, `casa_marker`)."""
 
     kernel: Kernel = "auto"
     """CASA attention kernel (`casa_adapter.casa.kernels.KERNELS`): `auto` = flash varlen on CUDA with

@@ -77,11 +77,17 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     return manifest
 
 
+OLDER = {"image_norm": False, "train_marker": True}
+"""`CasaSettings` fields a record from before them lacks -> what it was built with then: no image norm, a trained
+marker."""
+
+
 def casa_settings(manifest: dict) -> CasaSettings:
-    """The `CasaSettings` a manifest records (fields it lacks take what older versions meant)."""
+    """The `CasaSettings` a manifest (or an exported config, `{"casa": config.casa}`) records; fields it lacks
+    take what the versions before them meant (`OLDER`)."""
     casa = manifest["casa"]
     names = [f.name for f in dataclasses.fields(CasaSettings)]
-    return CasaSettings.from_dict({"image_norm": False, **{k: casa[k] for k in names if k in casa}})  # older: no norm
+    return CasaSettings.from_dict({**OLDER, **{k: casa[k] for k in names if k in casa}})
 
 
 def lora_settings(manifest: dict) -> LoraSettings | None:

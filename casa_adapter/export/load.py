@@ -21,9 +21,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from casa_adapter.adapters.manifest import AdapterError, vision_arguments
+from casa_adapter.adapters.manifest import AdapterError, casa_settings, vision_arguments
 from casa_adapter.backbone.base_models import empty_llm, load_base
-from casa_adapter.config import CasaSettings
 from casa_adapter.export.hf_config import FOLDER_FORMAT_VERSION, MODEL_TYPE, CasaVLConfig
 from casa_adapter.export.pretrained import MERGED_WEIGHTS
 from casa_adapter.fusion.build import build_model, load_adapter
@@ -83,7 +82,7 @@ def _merged_form(directory, config: CasaVLConfig, vision):
     llm_cfg = AutoConfig.for_model(llm_config.pop("model_type"), **llm_config)
     llm = empty_llm(llm_cfg, getattr(torch, config.base["dtype"]))  # every weight comes from the file
     llm.config._name_or_path = config.base.get("name", "")
-    settings = CasaSettings.from_dict({k: v for k, v in config.casa.items() if k != "layer_indices"})
+    settings = casa_settings({"casa": config.casa})
     tower, overrides = vision_arguments(config.vision, vision, directory)  # a custom tower's weights: the file
     model = build_model(llm, settings, tower, None, config.base.get("fingerprint", ""), **overrides)
     load_weights(model, Path(directory) / MERGED_WEIGHTS)

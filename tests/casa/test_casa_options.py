@@ -49,9 +49,9 @@ def test_without_image_norm_the_scale_reaches_the_keys():
 
 def test_frozen_marker_is_not_trained_and_backward_stops_at_the_lowest_casa_block():
     llm = tiny_llm("llama")
-    model = casa_adapter.wrap(llm, vision=tiny_tower(), layers=[-1], train_marker=False)
+    model = casa_adapter.wrap(llm, vision=tiny_tower(), layers=[-1])  # the default: train_marker=False
     randomize_new_params(model)
-    assert model.trainable_counts()["marker"] == 0
+    assert model.settings.train_marker is False and model.trainable_counts()["marker"] == 0
     assert not model.llm.get_input_embeddings().marker.requires_grad
     seen = []  # which blocks' inputs take part in autograd
     for i, block in enumerate(model.llm.model.layers):
@@ -81,8 +81,10 @@ def test_options_survive_save_and_load(tmp_path):
 
 
 def test_manifest_from_before_image_norm_loads_without_it(tmp_path):
-    model = casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), every=2, image_norm=False)
-    randomize_new_params(model)
+    model = casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), every=2, image_norm=False, train_marker=True)
+    randomize_new_params(model)  # an adapter of then: a trained marker, no image norm
+    ids, images = _batch(model)
+    want = model(ids, images=images).logits
     model.save_adapter(tmp_path / "a")
     path = tmp_path / "a" / "manifest.json"
     manifest = json.loads(path.read_text())
@@ -90,3 +92,4 @@ def test_manifest_from_before_image_norm_loads_without_it(tmp_path):
     path.write_text(json.dumps(manifest))
     loaded = casa_adapter.load_adapter(tmp_path / "a", tiny_llm("llama"), vision=tiny_tower())
     assert loaded.settings.image_norm is False and loaded.settings.train_marker is True
+    assert torch.equal(loaded(ids, images=images).logits, want)

@@ -148,6 +148,7 @@ def test_manifest_example_matches_a_real_manifest(tmp_path):
         tiny_llm("llama"),
         vision=tiny_tower(),
         every=2,
+        train_marker=True,
         lora=casa_adapter.LoraSettings(rank=4, targets=["q_proj", "v_proj"]),
     )
     model.save_adapter(tmp_path / "a")

@@ -40,6 +40,7 @@ def trained(tmp_path, family: str, lora: bool = True):
         pretrained=False,
         every=2,
         unfreeze_last=1,
+        train_marker=True,  # a marker row the merged and adapter forms must carry
         lora=casa_adapter.LoraSettings(rank=4) if lora else None,
     )
     randomize_new_params(model)

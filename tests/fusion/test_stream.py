@@ -16,7 +16,13 @@ FUSIONS = ["casa", "insertion"]
 
 def trained(family, fusion, **kw):
     model = casa_adapter.wrap(
-        tiny_llm(family), vision=tiny_tower(), fusion=fusion, init="copy", lora=casa_adapter.LoraSettings(rank=4), **kw
+        tiny_llm(family),
+        vision=tiny_tower(),
+        fusion=fusion,
+        init="copy",
+        train_marker=True,  # randomized below like the other new parameters
+        lora=casa_adapter.LoraSettings(rank=4),
+        **kw,
     )
     randomize_new_params(model)
     return model

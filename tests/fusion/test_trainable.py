@@ -15,7 +15,11 @@ def expected_casa_count(model) -> int:
 
 def test_trainable_groups_and_counts(family):
     model = casa_adapter.wrap(
-        tiny_llm(family), vision=tiny_tower(), every=2, lora=casa_adapter.LoraSettings(rank=4, targets=None)
+        tiny_llm(family),
+        vision=tiny_tower(),
+        every=2,
+        train_marker=True,
+        lora=casa_adapter.LoraSettings(rank=4, targets=None),
     )
     names = set(model.trainable_parameter_names())
     params = dict(model.named_parameters())
@@ -62,7 +66,8 @@ def test_default_lora_skips_a_state_space_mixers_output_projection(model_type):
 
 
 def test_one_step_changes_only_trainables(family):
-    model = casa_adapter.wrap(tiny_llm(family), vision=tiny_tower(), lora=casa_adapter.LoraSettings(rank=4))
+    lora = casa_adapter.LoraSettings(rank=4)
+    model = casa_adapter.wrap(tiny_llm(family), vision=tiny_tower(), train_marker=True, lora=lora)
     model.train()
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -97,7 +102,7 @@ def test_unfreeze_last_vision_blocks():
 def test_tied_embeddings_stay_tied_and_frozen():
     llm = tiny_llm("qwen2")
     assert llm.config.tie_word_embeddings
-    model = casa_adapter.wrap(llm, vision=tiny_tower())
+    model = casa_adapter.wrap(llm, vision=tiny_tower(), train_marker=True)
     emb = model.llm.get_input_embeddings()
     assert model.llm.get_output_embeddings().weight is emb.weight
     assert not emb.weight.requires_grad and emb.marker.requires_grad
