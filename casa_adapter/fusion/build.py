@@ -1,10 +1,12 @@
 """Building models, in one place: `wrap()`, `load_adapter()` and `build_from_settings()`.
 
 `build_model` runs the steps both fusions share, around what each fusion adds (`FUSIONS`):
-every check that can fail first (family, blocks, attention layout); then freeze the LLM, inject
-LoRA (before any CASA layer exists, so CASA is never a LoRA target), attach the fusion (CASA
-layers + marker, or the insertion flag), build the vision encoder, and mark exactly the new
-parameters trainable. Any error on the way puts the user's LLM back as it was.
+every check that can fail first (family, blocks, attention layout); build the vision encoder (before
+anything else draws random numbers, so a seed gives the same tower and projector whatever the fusion,
+CASA and LoRA options, and A/B runs start from the same vision init); then freeze the LLM, inject
+LoRA (before any CASA layer exists, so CASA is never a LoRA target), attach the fusion (CASA layers +
+marker, or the insertion flag) and mark exactly the new parameters trainable. Any error on the way
+puts the user's LLM back as it was.
 
     >>> import casa_adapter
     >>> from casa_adapter.backbone.base_models import tiny_llm
@@ -120,12 +122,13 @@ def build_model(
     if settings.fusion == "casa":  # the default placement written out, so a saved adapter records it
         settings = pinned_placement(llm, spec, settings)
     indices = fusion.blocks(llm, spec, settings)
+    # the first random draws: a seed gives the same tower and projector whatever the fusion, CASA and LoRA options
+    encoder = build_vision(vision, text_config(llm.config).hidden_size, **vision_overrides)
     grads = {n: p.requires_grad for n, p in llm.named_parameters()}
     try:
         llm.requires_grad_(False)
         targets = apply_lora(llm, spec.blocks, lora, indices) if lora is not None else None
         fusion.attach(llm, spec, settings, indices)
-        encoder = build_vision(vision, text_config(llm.config).hidden_size, **vision_overrides)
     except Exception:
         fusion.detach(llm, spec)
         remove_lora(llm)

@@ -1,5 +1,7 @@
 """wrap() on every family: exact text-only logits, window causality, variants, inits, trainable set."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -150,19 +152,54 @@ def test_unknown_option_names_the_valid_ones():
         casa_adapter.wrap(tiny_llm("llama"), vision=tiny_tower(), variant="nope")
 
 
+@pytest.mark.parametrize("where", ["vision", "after_attach"])
 @pytest.mark.parametrize("fusion", ["casa", "insertion"])
-def test_a_failed_build_leaves_the_llm_as_it_was(fusion):
-    """The vision encoder fails after LoRA and the fusion were attached: everything is rolled back."""
+def test_a_failed_build_leaves_the_llm_as_it_was(fusion, where, monkeypatch):
+    """The vision encoder fails (before the LLM is touched), or a failure comes after LoRA and the fusion were
+    attached: the LLM is as it was either way, and can be wrapped afterwards."""
+    from casa_adapter.fusion import build
+
     llm = tiny_llm("llama")
     llm.lm_head.weight.requires_grad_(False)  # a non-default flag must come back too
     before = {k: v.clone() for k, v in llm.state_dict().items()}
     grads = {n: p.requires_grad for n, p in llm.named_parameters()}
     modules = [type(m).__name__ for m in llm.modules()]
+    options = {"unfreeze_last": 1} if where == "vision" else {}  # the conv tower has no `blocks`: refused
+    if where == "after_attach":
+        attach = build.FUSIONS[fusion].attach
+
+        def attach_then_fail(*args):
+            attach(*args)
+            raise ValueError("unfreeze_last (a failure injected after attach)")
+
+        monkeypatch.setitem(build.FUSIONS, fusion, dataclasses.replace(build.FUSIONS[fusion], attach=attach_then_fail))
     with pytest.raises(ValueError, match="unfreeze_last"):
-        casa_adapter.wrap(
-            llm, vision=tiny_tower(), fusion=fusion, lora=casa_adapter.LoraSettings(rank=2), unfreeze_last=1
-        )  # the conv tower has no `blocks`: refused while building vision
+        casa_adapter.wrap(llm, vision=tiny_tower(), fusion=fusion, lora=casa_adapter.LoraSettings(rank=2), **options)
     assert [type(m).__name__ for m in llm.modules()] == modules
     assert {n: p.requires_grad for n, p in llm.named_parameters()} == grads
     assert all(torch.equal(v, before[k]) for k, v in llm.state_dict().items()) and set(llm.state_dict()) == set(before)
+    monkeypatch.undo()
     casa_adapter.wrap(llm, vision=tiny_tower(), fusion=fusion)  # and it can be wrapped afterwards
+
+
+def test_a_seed_gives_the_same_vision_init_whatever_the_options():
+    """The vision encoder is built before anything else draws random numbers, so arms of an A/B comparison with
+    the same seed start from the same tower and projector."""
+
+    def vision_after(**options):
+        llm = tiny_llm("llama", num_hidden_layers=6)
+        torch.manual_seed(0)
+        model = casa_adapter.wrap(llm, vision="siglip-tiny", pretrained=False, **options)
+        return {n: p.detach().clone() for n, p in model.vision.named_parameters()}
+
+    want = vision_after()
+    for options in (
+        {"every": 1},
+        {"variant": "shared"},
+        {"variant": "ca", "init": "copy"},
+        {"fusion": "insertion"},
+        {"lora": casa_adapter.LoraSettings(rank=4)},
+        {"image_ffn": "new"},
+    ):
+        got = vision_after(**options)
+        assert all(torch.equal(got[n], want[n]) for n in want), options
