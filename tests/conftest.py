@@ -91,6 +91,16 @@ def randomize_new_params(model, seed: int = 2, scale: float = 0.2) -> None:
             p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
+def greedy_by_full_forward(model, ids: torch.Tensor, images, steps: int) -> torch.Tensor:
+    """What greedy `generate(..., eos_token_id=None)` must return, by one full forward per new token
+    (B, T + steps). The tiny configs' end-of-sequence token is 0, which random models emit often; the tests turn
+    stopping off so that every step is compared."""
+    for _ in range(steps):
+        logits = model(ids, images=images).logits[:, -1]  # (B, V)
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
+    return ids
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param

@@ -5,14 +5,7 @@ import torch
 
 import casa_adapter
 
-from conftest import randomize_new_params, tiny_llm, tiny_tower
-
-
-def greedy_by_full_forward(model, ids, images, steps):
-    for _ in range(steps):
-        logits = model(ids, images=images).logits[:, -1]  # (B, V)
-        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
-    return ids
+from conftest import greedy_by_full_forward, randomize_new_params, tiny_llm, tiny_tower
 
 
 def prompt(model):
@@ -29,7 +22,9 @@ def check_generate(family: str, variant: str):
     )
     randomize_new_params(model)
     ids, images = prompt(model)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), images=images, max_new_tokens=5, do_sample=False)
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), images=images, max_new_tokens=5, do_sample=False, eos_token_id=None
+    )
     assert torch.equal(out, greedy_by_full_forward(model, ids, images, 5))
 
 
@@ -48,7 +43,7 @@ def test_generate_right_after_an_image():
     randomize_new_params(model)
     ids = torch.tensor([[5, 6, model.image_token_id]])
     images = [torch.rand(1, 3, 16, 16)]
-    out = model.generate(ids, images=images, max_new_tokens=4, do_sample=False)
+    out = model.generate(ids, images=images, max_new_tokens=4, do_sample=False, eos_token_id=None)
     assert torch.equal(out, greedy_by_full_forward(model, ids, images, 4))
     other = model.generate(
         ids,

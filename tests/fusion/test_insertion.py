@@ -10,7 +10,7 @@ import casa_adapter
 from casa_adapter.adapters.manifest import MANIFEST
 from casa_adapter.fusion.insertion import InsertionModel
 
-from conftest import randomize_new_params, tiny_llm, tiny_tower
+from conftest import greedy_by_full_forward, randomize_new_params, tiny_llm, tiny_tower
 
 LORA = casa_adapter.LoraSettings(rank=4)
 
@@ -94,18 +94,13 @@ def test_logits_per_position_and_loss_equal_hand_built(family):
     assert torch.allclose(out.loss, nll[flat != -100].mean(), atol=1e-6)  # batch loss: same pairs as the rows
 
 
-def greedy_by_full_forward(model, ids, images, steps):
-    for _ in range(steps):
-        logits = model(ids, images=images).logits[:, -1]  # (B, V)
-        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
-    return ids
-
-
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
 def test_generate_equals_greedy_full_forward(family):
     model = inserted(family)
     ids, images = batch(model)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), images=images, max_new_tokens=5, do_sample=False)
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), images=images, max_new_tokens=5, do_sample=False, eos_token_id=None
+    )
     assert torch.equal(out, greedy_by_full_forward(model, ids, images, 5))
 
 
