@@ -109,6 +109,7 @@ FAMILIES: dict[str, SpecEntry] = {
     "qwen3_next": FamilySpec(q_gated=True, **_QK_NORM),
     "qwen3_5_text": FamilySpec(q_gated=True, **_QK_NORM),
     "qwen3_5_moe_text": FamilySpec(q_gated=True, **_QK_NORM),
+    "minicpm5_moe": FamilySpec(q="q_gate_proj", q_gated=True),
     "gptj": FamilySpec(**_GPTJ),
     "codegen": FamilySpec(layout="sharded_qvk", qkv="qkv_proj", shards=4, **_GPTJ),
     "llama4_text": _LLAMA4,

@@ -11,6 +11,7 @@ its base layer's state-dict keys (`q_proj.weight`, not peft's `q_proj.base_layer
 
 from __future__ import annotations
 
+import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
@@ -18,6 +19,9 @@ from transformers.pytorch_utils import Conv1D
 
 from casa_adapter.backbone.state_keys import keep_base_keys
 from casa_adapter.config import LoraSettings
+
+ADAPTER = "default"
+"""The name peft gives the one adapter casa_adapter injects."""
 
 
 def _fused_scan_outputs(llm: nn.Module) -> set[str]:
@@ -81,11 +85,28 @@ def apply_lora(
         fan_in_fan_out=uses_conv1d,
         bias="none",
     )
-    inject_adapter_in_model(config, llm)
+    inject_adapter_in_model(config, llm, adapter_name=ADAPTER)
     for module in llm.modules():
         if isinstance(module, LoraLayer):
             keep_base_keys(module, "base_layer")
     return targets
+
+
+def lora_delta(layer: LoraLayer) -> torch.Tensor:
+    """The update LoRA adds to `layer`'s base weight, in fp32 and in the base weight's layout: (alpha / r) B A.
+    `merge_lora` and the merged exports fold it with the same arithmetic, so they give identical weights."""
+    if ADAPTER not in layer.lora_A or layer.use_dora.get(ADAPTER, False):
+        raise ValueError(f"only a plain LoRA adapter {ADAPTER!r} can be merged, not {list(layer.lora_A)} / DoRA")
+    a = layer.lora_A[ADAPTER].weight.detach().float()  # (r, in)
+    b = layer.lora_B[ADAPTER].weight.detach().float()  # (out, r)
+    delta = layer.scaling[ADAPTER] * (b @ a)  # (out, in)
+    return delta.T if layer.fan_in_fan_out else delta  # Conv1D stores (in, out)
+
+
+def merged_weight(layer: LoraLayer) -> torch.Tensor:
+    """`layer`'s base weight with its LoRA update folded in, as a new tensor of the base weight's dtype."""
+    weight = layer.get_base_layer().weight.detach()
+    return (weight.float() + lora_delta(layer).to(weight.device)).to(weight.dtype)
 
 
 def _replace_lora(model: nn.Module, merge: bool) -> int:
@@ -93,7 +114,8 @@ def _replace_lora(model: nn.Module, merge: bool) -> int:
     for name, module in list(model.named_modules()):
         if isinstance(module, LoraLayer):
             if merge:
-                module.merge()
+                with torch.no_grad():
+                    module.get_base_layer().weight.copy_(merged_weight(module))
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, module.get_base_layer())
             count += 1
@@ -110,4 +132,4 @@ def remove_lora(model: nn.Module) -> int:
     return _replace_lora(model, merge=False)
 
 
-__all__ = ["apply_lora", "lora_blocks", "lora_target_names", "merge_lora", "remove_lora"]
+__all__ = ["apply_lora", "lora_blocks", "lora_delta", "lora_target_names", "merge_lora", "merged_weight", "remove_lora"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import transformers
+
 from casa_adapter.census.checks import Outcome, check_type
 
 BEGIN, END = "<!-- census:begin -->", "<!-- census:end -->"
@@ -49,7 +51,8 @@ def table(outcomes: list[Outcome]) -> str:
     """Markdown: the summary line, then one row per type (status, the deciding check, the reason)."""
     s = summary(outcomes)
     lines = [
-        f"{s['types']} causal-LM types; tiny base builds for {s['built']}: {s['pass']} pass "
+        f"{s['types']} causal-LM types (transformers {transformers.__version__}); tiny base builds for {s['built']}: "
+        f"{s['pass']} pass "
         f"({100 * s['pass_rate']:.1f}%), {s['refused']} refused, {s['fail']} fail, {s['crash']} crash; "
         f"{s['no-base']} without a tiny base, {s['out-of-scope']} out of scope.",
         "",

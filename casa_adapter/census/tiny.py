@@ -29,6 +29,7 @@ SIZES: dict[str, int] = {
     "head_dim": 16, "kv_channels": 16, "attention_head_dim": 16,
     "intermediate_size": 96, "ffn_hidden_size": 96, "n_inner": 96, "ffn_dim": 96, "d_ff": 96,
     "decoder_ffn_dim": 96, "mlp_dim": 96, "shared_intermediate_size": 96, "ffn_dim_multiplier": 1,
+    "first_dense_intermediate_size": 96, "mlp_only_intermediate_size": 96,
     # depth, vocabulary, positions
     "num_hidden_layers": LAYERS, "n_layer": LAYERS, "n_layers": LAYERS, "num_layers": LAYERS,
     "decoder_layers": LAYERS,
@@ -62,6 +63,8 @@ OVERRIDES: dict[str, dict] = {
     "lfm2_moe": dict(layer_types=["conv", "full_attention", "conv", "full_attention"]),  # None by default
     # all-mamba by default, whose cache then has no attention layer to count positions with
     "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"]),
+    # layer indices inside its lists (the indexed-attention layers, the layer each one takes its keys from)
+    "kolibri1_1": dict(index_layers=[3], kv_source_layers=[0, 1, 2, 3], mlp_only_layers=[0]),
 }
 """model_type -> attributes set after `SIZES`, for what the generic shrink gets wrong."""
 

@@ -26,9 +26,7 @@ from safetensors.torch import save_file
 
 from casa_adapter.adapters.manifest import AdapterError
 from casa_adapter.atomic import atomic_dir
-
-ADAPTER = "default"
-"""The peft adapter name casa_adapter injects LoRA under (`backbone.lora.apply_lora`)."""
+from casa_adapter.backbone.lora import ADAPTER
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."

@@ -25,18 +25,8 @@ from torch import nn
 
 from casa_adapter.atomic import atomic_dir
 from casa_adapter.backbone.base_models import empty_llm
+from casa_adapter.backbone.lora import merged_weight
 from casa_adapter.backbone.state_keys import state_keys
-
-ADAPTER = "default"
-"""The peft adapter name casa_adapter injects LoRA under (`backbone.lora.apply_lora`)."""
-
-
-def lora_delta(layer: LoraLayer) -> torch.Tensor:
-    """The update LoRA adds to `layer`'s base weight, in fp32 and in the base weight's layout."""
-    a = layer.lora_A[ADAPTER].weight.detach().float()  # (r, in)
-    b = layer.lora_B[ADAPTER].weight.detach().float()  # (out, r)
-    delta = layer.scaling[ADAPTER] * (b @ a)  # (out, in)
-    return delta.T if layer.fan_in_fan_out else delta  # Conv1D stores (in, out)
 
 
 def merged_state_dict(llm: nn.Module) -> dict[str, torch.Tensor]:
@@ -47,11 +37,10 @@ def merged_state_dict(llm: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in llm.named_modules():
         if not isinstance(layer, LoraLayer):
             continue
-        if ADAPTER not in layer.lora_A or layer.use_dora.get(ADAPTER, False):
-            raise ValueError(f"{name}: only plain LoRA adapter {ADAPTER!r} can be merged for export")
-        key = keys[f"{name}.base_layer.weight"]
-        weight = state[key]
-        state[key] = (weight.float() + lora_delta(layer).to(weight.device)).to(weight.dtype)
+        try:
+            state[keys[f"{name}.base_layer.weight"]] = merged_weight(layer)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}; cannot export") from err
     return state
 
 

@@ -56,7 +56,8 @@ def inputs(model):
 
 def in_fresh_process(tmp_path, folder, x) -> dict:
     torch.save(x, tmp_path / "inputs.pt")
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    # the same thread count as here: CPU matmuls split their sums by thread, which moves logits by ~1e-5
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run(
         [sys.executable, "-c", FRESH, str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
         capture_output=True,
