@@ -103,9 +103,10 @@ def lora_delta(layer: LoraLayer) -> torch.Tensor:
     return delta.T if layer.fan_in_fan_out else delta  # Conv1D stores (in, out)
 
 
-def merged_weight(layer: LoraLayer) -> torch.Tensor:
-    """`layer`'s base weight with its LoRA update folded in, as a new tensor of the base weight's dtype."""
-    weight = layer.get_base_layer().weight.detach()
+def merged_weight(layer: LoraLayer, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """`weight` (by default `layer`'s base weight; a state dict's copy of it, for exports) with the layer's LoRA
+    update folded in, as a new tensor of its dtype."""
+    weight = layer.get_base_layer().weight.detach() if weight is None else weight
     return (weight.float() + lora_delta(layer).to(weight.device)).to(weight.dtype)
 
 

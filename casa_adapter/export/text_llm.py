@@ -37,8 +37,9 @@ def merged_state_dict(llm: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in llm.named_modules():
         if not isinstance(layer, LoraLayer):
             continue
+        key = keys[f"{name}.base_layer.weight"]
         try:
-            state[keys[f"{name}.base_layer.weight"]] = merged_weight(layer)
+            state[key] = merged_weight(layer, state[key])
         except ValueError as err:
             raise ValueError(f"{name}: {err}; cannot export") from err
     return state

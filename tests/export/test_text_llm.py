@@ -125,3 +125,20 @@ def test_tokenizer_insertion_merged_and_no_lora(tmp_path):
     out = save_text_llm(no_lora, tmp_path / "no_lora")
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(out)), logits(tiny_llm("qwen2")))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["insertion", "merged", "no_lora"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_merge_lora_gives_the_exported_weights_bit_for_bit(family, dtype):
+    """`merge_lora()` in memory and the merged exports fold LoRA with one rule (`backbone.lora.merged_weight`),
+    so a merged folder holds exactly the weights of the model after `merge_lora()` (peft's own merge rounds bf16
+    weights differently)."""
+    from casa_adapter.export.text_llm import merged_state_dict
+
+    model = casa_adapter.wrap(tiny_llm(family).to(dtype), vision=tiny_tower(), lora=casa_adapter.LoraSettings(rank=4))
+    randomize_new_params(model)
+    exported = {k: v for k, v in merged_state_dict(model.llm).items() if "lora_" not in k}
+    assert model.merge_lora() > 0
+    live = model.llm.state_dict()
+    assert exported.keys() == live.keys()
+    assert all(torch.equal(exported[k], live[k]) for k in live)
