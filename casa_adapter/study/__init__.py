@@ -47,6 +47,13 @@ def parser() -> argparse.ArgumentParser:
         help="also train every arm and seed this many minutes (the equal-wall-time table; default: off)",
     )
     p.add_argument(
+        "--resume-every",
+        type=int,
+        default=defaults.resume_every,
+        help="training runs write a resume checkpoint every N steps; a run the study was stopped in continues from "
+        "it when the study is started again (0: a stopped run starts over; default: %(default)s)",
+    )
+    p.add_argument(
         "--snapshot-every",
         type=int,
         default=defaults.snapshot_every,
@@ -118,6 +125,7 @@ def main(argv: list[str]) -> int:
             seeds=[int(x) for x in args.seeds.split(",")],
             minutes=args.minutes,
             snapshot_every=args.snapshot_every,
+            resume_every=args.resume_every,
             val_every=args.val_every,
             base=args.base,
             overrides=parse_overrides(args.overrides),

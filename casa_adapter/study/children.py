@@ -17,12 +17,14 @@ from casa_adapter.study.arms import Arm
 from casa_adapter.study.settings import StudySettings
 
 
-def child(args: list[str], log: Path | None, threads: int | None = None) -> tuple[int, float, float]:
-    """Run `python -m casa_adapter.cli ARGS` (output to `log`, or the terminal when None; `threads`: its
-    OMP_NUM_THREADS): (exit status, wall seconds, peak RSS in MiB)."""
+def child(
+    args: list[str], log: Path | None, threads: int | None = None, append: bool = False
+) -> tuple[int, float, float]:
+    """Run `python -m casa_adapter.cli ARGS` (output to `log`, or the terminal when None; `append`: after what `log`
+    holds; `threads`: its OMP_NUM_THREADS): (exit status, wall seconds, peak RSS in MiB)."""
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-    with open(log, "w") if log else contextlib.nullcontext() as sink:
+    with open(log, "a" if append else "w") if log else contextlib.nullcontext() as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "casa_adapter.cli", *args],
             stdout=sink,

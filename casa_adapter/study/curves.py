@@ -11,22 +11,19 @@ from typing import Any
 def read_curves(metrics_csv: Path) -> dict[str, Any]:
     """Validation points and throughput from Lightning's CSV log; `steps_done` is one past the last logged step (the
     run's step count when every step is logged, up to `log_every_n_steps - 1` short of it otherwise)."""
-    val, tokens, samples, seconds, last = [], [], [], [], 0
+    val, perf, last = {}, {}, 0  # by step: a resumed run logs again the steps after its checkpoint (kept: the later)
     with open(metrics_csv) as f:
         for row in csv.DictReader(f):
             last = max(last, int(row["step"]) + 1 if row.get("step") else 0)
             if row.get("val/accuracy"):  # logged at the 0-based index of the batch it follows
-                val.append(
-                    {
-                        "step": int(row["step"]) + 1,
-                        "accuracy": float(row["val/accuracy"]),
-                        "loss": float(row["val/loss"]),
-                    }
-                )
+                step = int(row["step"]) + 1
+                val[step] = {"step": step, "accuracy": float(row["val/accuracy"]), "loss": float(row["val/loss"])}
             if row.get("perf/tokens_per_s"):
-                tokens.append(float(row["perf/tokens_per_s"]))
-                samples.append(float(row["perf/samples_per_s"]))
-                seconds.append(float(row["perf/step_seconds"]))
+                perf[int(row["step"])] = tuple(
+                    float(row[f"perf/{k}"]) for k in ("tokens_per_s", "samples_per_s", "step_seconds")
+                )
+    val = [val[k] for k in sorted(val)]
+    tokens, samples, seconds = (list(x) for x in zip(*(perf[k] for k in sorted(perf)))) if perf else ([], [], [])
     steady = slice(1, None) if len(tokens) > 2 else slice(None)  # the first step pays for warm-up
     return {
         "val": val,

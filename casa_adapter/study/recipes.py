@@ -22,6 +22,19 @@ def set_path(config: dict, path: str, value: Any) -> None:
     node[last] = value
 
 
+def resume_checkpoint(arm_dir: Path, every: int) -> dict:
+    """The ModelCheckpoint a study run resumes from: `arm_dir/ckpt/last.ckpt` only, rewritten every `every` steps."""
+    return {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {
+            "dirpath": str(arm_dir / "ckpt"),
+            "every_n_train_steps": every,
+            "save_last": True,
+            "save_top_k": 0,
+        },
+    }
+
+
 def arm_recipe(
     base: dict,
     arm: Arm,
@@ -45,12 +58,17 @@ def arm_recipe(
         val_check_interval=settings.val_every,
         check_val_every_n_epoch=None,
         default_root_dir=str(arm_dir),
-        enable_checkpointing=False,
+        enable_checkpointing=bool(settings.resume_every),
         logger={
             "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": str(arm_dir), "name": "logs", "version": ""},
+            "init_args": {  # flushed at each resume checkpoint: a resumed run's curve has no gap
+                "save_dir": str(arm_dir),
+                "name": "logs",
+                "version": "",
+                "flush_logs_every_n_steps": settings.resume_every or 100,
+            },
         },
-        callbacks=[],
+        callbacks=[resume_checkpoint(arm_dir, settings.resume_every)] if settings.resume_every else [],
     )
     config["adapter"] = {"dirpath": str(arm_dir / "adapter")}
     if budget == "steps" and settings.minutes is not None and settings.snapshot_every:  # for the time runs
@@ -67,4 +85,4 @@ def arm_recipe(
     return config
 
 
-__all__ = ["arm_recipe", "set_path"]
+__all__ = ["arm_recipe", "resume_checkpoint", "set_path"]

@@ -14,13 +14,17 @@ seeds, then its `time` seeds), so a study stopped half way has whole arms. Each 
 `WORK/ARM/BUDGET-seedN/`: `recipe.yaml` (the recipe it ran), `logs/metrics.csv` (Lightning's CSV log: validation curves,
 throughput), `adapter/final`, `eval.json` + `preds.jsonl` (greedy answers on the validation shards, per
 question type) and `summary.json` (what the report reads). Training runs in a child process so that each arm's
-peak resident memory is its own (`os.wait4` rusage).
+peak resident memory is its own (`os.wait4` rusage). A run stopped before its summary (the study was killed)
+continues from `ckpt/last.ckpt` when the study is started again (`StudySettings.resume_every`; Lightning restores
+the weights, optimizer, schedule and data position); its training seconds add each attempt's time up to the
+checkpoint it was resumed from (`attempt.json`). A stopped run without a checkpoint starts over in a cleared folder.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import yaml
@@ -51,7 +55,11 @@ def run_arm(
         amount = f"{settings.minutes} min = {time_steps} steps at {step_cost:.2f} s/step"
     print(f"[study {index}/{total}] {arm.name} seed {seed}: {arm.label}, {amount} ({recipe_path})", flush=True)
     log = arm_dir / "train.log" if settings.quiet else None
-    code, seconds, peak = child(["run", str(recipe_path)], log, settings.threads)
+    before = _attempt(arm_dir, f"[study {index}/{total}] {arm.name} seed {seed}")
+    resumed = before is not None
+    args = ["run", str(recipe_path), *(["--ckpt_path=last"] if resumed else [])]
+    code, seconds, peak = child(args, log, settings.threads, append=resumed)
+    seconds += before or 0.0
     if code != 0:
         raise RuntimeError(
             f"study arm {arm.name!r}: training exited with status {code} (recipe {recipe_path}"
@@ -71,6 +79,7 @@ def run_arm(
         "threads": settings.threads,
         "step_cost": step_cost,
         "train_seconds": seconds,
+        "resumed": resumed,
         "peak_rss_mb": peak,
         "trainable": manifest["trainable"]["counts"]["total"],
         **read_curves(arm_dir / "logs" / "metrics.csv"),
@@ -83,6 +92,27 @@ def run_arm(
         flush=True,
     )
     return summary
+
+
+def _attempt(arm_dir: Path, tag: str) -> float | None:
+    """Start a training attempt in `arm_dir`: None when it starts from scratch (what a stopped attempt without a
+    checkpoint left is cleared), else the training seconds of the earlier attempts up to the checkpoint it resumes
+    from (each attempt's start is in `attempt.json`; the checkpoint's write time is where the last one got to)."""
+    ckpt, record = arm_dir / "ckpt" / "last.ckpt", arm_dir / "attempt.json"
+    before = None
+    if ckpt.exists() and record.exists():
+        last = json.loads(record.read_text())
+        before = last["seconds_before"] + max(0.0, ckpt.stat().st_mtime - last["started"])
+        print(f"{tag}: resuming from {ckpt} ({before / 60:.1f} min trained before)", flush=True)
+    else:
+        for stale in ("ckpt", "logs", "adapter", "train.log"):
+            path = arm_dir / stale
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    record.write_text(json.dumps({"started": time.time(), "seconds_before": before or 0.0}))
+    return before
 
 
 def _runs(settings: StudySettings) -> list[tuple[Arm, int, str]]:

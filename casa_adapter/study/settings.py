@@ -46,6 +46,11 @@ class StudySettings:
     of N <= `steps` steps is evaluated on the snapshot nearest to N instead of training again (the same model:
     same seed, data order and schedule; `casa_adapter.study.snapshots`). 0: every time run trains."""
 
+    resume_every: int = 10
+    """A training run writes a resume checkpoint (`WORK/ARM/RUN/ckpt/last.ckpt`: trainable weights, optimizer,
+    schedule, data position) every this many steps; a run stopped before its summary continues from there when
+    the study is started again, on the same data order. 0: no checkpoints, a stopped run starts over."""
+
     cost_rounds: int = 3
     """Rounds of the side-by-side step-cost measurement (`cost.py`): each times every arm in turn."""
 
@@ -55,8 +60,10 @@ class StudySettings:
     def __post_init__(self) -> None:
         if self.cost_rounds < 1 or self.cost_steps < 1:
             raise ValueError(f"cost_rounds and cost_steps must be >= 1, got {self.cost_rounds}, {self.cost_steps}")
-        if self.snapshot_every < 0:
-            raise ValueError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
+        if self.snapshot_every < 0 or self.resume_every < 0:
+            raise ValueError(
+                f"snapshot_every and resume_every must be >= 0: {self.snapshot_every}, {self.resume_every}"
+            )
         if self.steps < 1 or not 1 <= self.val_every <= self.steps:
             raise ValueError(f"steps must be >= 1 and val_every within [1, steps]: {self.steps}, {self.val_every}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
