@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from casa_adapter.atomic import atomic_file
 from casa_adapter.study.arms import Arm, select
 from casa_adapter.study.children import child, evaluate, write_summary
 from casa_adapter.study.cost import measure_costs, read_costs, time_budget_steps
@@ -111,7 +112,8 @@ def _attempt(arm_dir: Path, tag: str) -> float | None:
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-    record.write_text(json.dumps({"started": time.time(), "seconds_before": before or 0.0}))
+    with atomic_file(record, "w") as f:  # a study killed while writing it must still resume
+        json.dump({"started": time.time(), "seconds_before": before or 0.0}, f)
     return before
 
 
