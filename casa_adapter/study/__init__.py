@@ -72,9 +72,18 @@ def parser() -> argparse.ArgumentParser:
         metavar="PATH=VALUE",
         help="recipe override for every arm, e.g. data.init_args.settings.batch_size=8 (repeatable)",
     )
-    p.add_argument("--work", default=defaults.work, help="per-arm run folders (default: %(default)s)")
+    p.add_argument(
+        "--work",
+        default=defaults.work,
+        help="per-run work folders: recipes, logs, adapters, resume checkpoints (default: %(default)s)",
+    )
     p.add_argument(
         "--out", default=defaults.out, help="report path; plots go to results/ beside it (default: %(default)s)"
+    )
+    p.add_argument(
+        "--records",
+        help="folder of the runs' summaries and the step costs, what the report is made from "
+        "(default: results/records beside --out)",
     )
     p.add_argument(
         "--threads",
@@ -84,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--costs-only",
         action="store_true",
-        help="only measure the arms' step costs side by side (WORK/costs.json, the equal-wall-time budgets)",
+        help="only measure the arms' step costs side by side (RECORDS/costs.json, the equal-wall-time budgets)",
     )
     p.add_argument(
         "--cost-rounds",
@@ -98,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
         default=defaults.cost_steps,
         help="timed steps per arm and round (default: %(default)s)",
     )
-    p.add_argument("--report-only", action="store_true", help="only rewrite the report from the runs in --work")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the report from the records")
     p.add_argument("--quiet", action="store_true", help="children's output to WORK/ARM/train.log and eval.log")
     return p
 
@@ -131,6 +140,7 @@ def main(argv: list[str]) -> int:
             overrides=parse_overrides(args.overrides),
             work=args.work,
             out=args.out,
+            records=args.records,
             quiet=args.quiet,
             threads=args.threads,
             cost_rounds=args.cost_rounds,

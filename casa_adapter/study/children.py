@@ -1,6 +1,6 @@
 """The study's child processes and their outputs: `casa-adapter run` / `eval` in a subprocess with its own
 thread count and peak-memory measurement (`child`), one adapter's evaluation (`evaluate`) and a run's
-`summary.json` (`write_summary`, atomic)."""
+summary record (`write_summary`, atomic)."""
 
 from __future__ import annotations
 
@@ -59,8 +59,10 @@ def evaluate(arm: Arm, recipe_path: Path, adapter: Path, arm_dir: Path, settings
     }
 
 
-def write_summary(arm_dir: Path, summary: dict) -> None:
-    with atomic_file(arm_dir / "summary.json", "w") as f:
+def write_summary(path: Path, summary: dict) -> None:
+    """Write a run's summary to its record `path` (`settings.record_path`), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, "w") as f:
         f.write(json.dumps(summary, indent=2) + "\n")
 
 

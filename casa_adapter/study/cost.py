@@ -10,7 +10,7 @@ all timed steps is the arm's cost. Arms then differ in cost by what they compute
 goes falls on all of them. A step is what `CasaModule.training_step` does (answer logits only, fp32 loss)
 plus backward and AdamW, on the recipe's device.
 
-The costs go to `WORK/costs.json` (with how they were measured) and are reused: a study over arms it lacks,
+The costs go to `RECORDS/costs.json` (with how they were measured) and are reused: a study over arms it lacks,
 or at another thread count, is refused until it is measured again (`--costs-only`), so every arm's budget
 comes from one side-by-side measurement.
 """
@@ -37,16 +37,16 @@ from casa_adapter.fusion.build import wrap
 from casa_adapter.processor import Processor
 from casa_adapter.study.arms import Arm
 from casa_adapter.study.recipes import arm_recipe
-from casa_adapter.study.settings import StudySettings
+from casa_adapter.study.settings import StudySettings, records_dir
 from casa_adapter.training.module import answer_loss, forward_answers
 from casa_adapter.training.optim import OptimSettings, build_optimizer
 
 COSTS = "costs.json"
-"""The side-by-side step costs, in the study's work folder."""
+"""The side-by-side step costs, in the study's records folder."""
 
 
 def costs_path(settings: StudySettings) -> Path:
-    return Path(settings.work) / COSTS
+    return records_dir(settings) / COSTS
 
 
 def read_costs(settings: StudySettings) -> dict | None:
@@ -59,8 +59,8 @@ def arm_cost(settings: StudySettings, arm: Arm) -> float:
     """`arm`'s measured seconds per step; refuses a measurement that lacks the arm or ran at other threads."""
     costs = read_costs(settings)
     how = (
-        f"casa-adapter study --costs-only --recipe {settings.recipe} --threads {settings.threads} --work "
-        f"{settings.work} --arms {','.join(settings.arms)} (every arm of the study, also another process's)"
+        f"casa-adapter study --costs-only --recipe {settings.recipe} --threads {settings.threads} --records "
+        f"{records_dir(settings)} --arms {','.join(settings.arms)} (every arm of the study, also another process's)"
     )
     if costs is None:
         raise FileNotFoundError(f"no step costs in {costs_path(settings)}; measure every arm side by side first: {how}")

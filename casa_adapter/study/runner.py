@@ -13,11 +13,13 @@ read off their adapter snapshots instead of training again (`snapshots.py`). Run
 seeds, then its `time` seeds), so a study stopped half way has whole arms. Each run gets
 `WORK/ARM/BUDGET-seedN/`: `recipe.yaml` (the recipe it ran), `logs/metrics.csv` (Lightning's CSV log: validation curves,
 throughput), `adapter/final`, `eval.json` + `preds.jsonl` (greedy answers on the validation shards, per
-question type) and `summary.json` (what the report reads). Training runs in a child process so that each arm's
-peak resident memory is its own (`os.wait4` rusage). A run stopped before its summary (the study was killed)
-continues from `ckpt/last.ckpt` when the study is started again (`StudySettings.resume_every`; Lightning restores
-the weights, optimizer, schedule and data position); its training seconds add each attempt's time up to the
-checkpoint it was resumed from (`attempt.json`). A stopped run without a checkpoint starts over in a cleared folder.
+question type), and a record `RECORDS/ARM/BUDGET-seedN.json` (its summary: what the report reads, and what
+marks the run finished; `StudySettings.records`, small enough to commit with the report). Training runs in a child
+process so that each arm's peak resident memory is its own (`os.wait4` rusage). A run stopped before its record (the
+study was killed) continues from `ckpt/last.ckpt` when the study is started again (`StudySettings.resume_every`;
+Lightning restores the weights, optimizer, schedule and data position); its training seconds add each attempt's time
+up to the checkpoint it was resumed from (`attempt.json`). A stopped run without a checkpoint starts over in a
+cleared folder.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from casa_adapter.study.children import child, evaluate, write_summary
 from casa_adapter.study.cost import measure_costs, read_costs, time_budget_steps
 from casa_adapter.study.curves import read_curves
 from casa_adapter.study.recipes import arm_recipe
-from casa_adapter.study.settings import StudySettings, run_dir
+from casa_adapter.study.settings import StudySettings, record_path, run_dir
 from casa_adapter.study.snapshots import find_snapshot, snapshot_run
 
 
@@ -86,7 +88,7 @@ def run_arm(
         **read_curves(arm_dir / "logs" / "metrics.csv"),
         "eval": results,
     }
-    write_summary(arm_dir, summary)
+    write_summary(record_path(settings, arm, seed, budget), summary)
     print(
         f"[study {index}/{total}] {arm.name}: accuracy {summary['eval']['overall']:.1%}, "
         f"{seconds / 60:.1f} min, peak RSS {peak:,.0f} MiB",
@@ -124,7 +126,7 @@ def _runs(settings: StudySettings) -> list[tuple[Arm, int, str]]:
 
 
 def run_study(settings: StudySettings) -> list[dict]:
-    """Every run in order (a finished one, with its summary.json, is read back, not run again, unless it is a
+    """Every run in order (a finished one, with its record, is read back, not run again, unless it is a
     time run whose budget changed); the summaries. With `minutes` and no `costs.json` yet, the step costs of
     `settings.arms` are measured first."""
     base_recipe = yaml.safe_load(Path(settings.recipe).read_text())
@@ -132,7 +134,7 @@ def run_study(settings: StudySettings) -> list[dict]:
         measure_costs(settings, base_recipe, select(settings.arms))
     runs, out = _runs(settings), []
     for i, (arm, seed, budget) in enumerate(runs, 1):
-        done = run_dir(settings, arm, seed, budget) / "summary.json"
+        done = record_path(settings, arm, seed, budget)
         if done.exists():
             summary = json.loads(done.read_text())
             if budget == "steps" or _budget_holds(settings, arm, summary, f"[study {i}/{len(runs)}]"):
@@ -155,10 +157,10 @@ def _budget_holds(settings: StudySettings, arm: Arm, summary: dict, tag: str) ->
 
 
 def read_summaries(settings: StudySettings) -> list[dict]:
-    """The summaries a previous run wrote, for the runs asked for (a missing one is an error naming it)."""
+    """The records a previous run wrote, for the runs asked for (a missing one is an error naming it)."""
     out = []
     for arm, seed, budget in _runs(settings):
-        path = run_dir(settings, arm, seed, budget) / "summary.json"
+        path = record_path(settings, arm, seed, budget)
         if not path.exists():
             raise FileNotFoundError(
                 f"{path}: no finished {budget} run of study arm {arm.name!r} seed {seed}; run the study without "

@@ -1,4 +1,4 @@
-"""The study's settings and where its runs live: `StudySettings` and `run_dir`."""
+"""The study's settings and where its runs live: `StudySettings`, `run_dir` (work) and `record_path` (records)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ class StudySettings:
     """Folder of the per-arm runs."""
     out: str = "docs/results.md"
     """The report; its plots go to a `results/` folder beside it."""
+    records: str | None = None
+    """Folder of the study's records, what the report is made from: one summary per finished run
+    (`ARM/BUDGET-seedN.json`) and the step costs (`costs.json`). Small, and kept apart from `work` (adapters,
+    checkpoints, logs) so that they can be committed beside the report: a study whose work folder is lost keeps
+    every run it finished. None: `results/records` beside `out`."""
     quiet: bool = False
     """Send the children's output (progress bars) to `WORK/ARM/train.log` and `eval.log` instead of the terminal."""
     threads: int | None = None
@@ -79,7 +84,18 @@ class StudySettings:
 
 
 def run_dir(settings: StudySettings, arm: Arm, seed: int, budget: str) -> Path:
+    """The work folder of one run: its recipe, logs, adapters and resume checkpoint."""
     return Path(settings.work) / arm.name / f"{budget}-seed{seed}"
 
 
-__all__ = ["StudySettings", "run_dir"]
+def records_dir(settings: StudySettings) -> Path:
+    """`settings.records`, or `results/records` beside the report."""
+    return Path(settings.records) if settings.records else Path(settings.out).parent / "results" / "records"
+
+
+def record_path(settings: StudySettings, arm: Arm, seed: int, budget: str) -> Path:
+    """The summary of one finished run (what the report reads; its existence marks the run done)."""
+    return records_dir(settings) / arm.name / f"{budget}-seed{seed}.json"
+
+
+__all__ = ["StudySettings", "record_path", "records_dir", "run_dir"]

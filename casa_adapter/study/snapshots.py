@@ -18,7 +18,7 @@ from pathlib import Path
 
 from casa_adapter.study.arms import Arm
 from casa_adapter.study.children import evaluate, write_summary
-from casa_adapter.study.settings import StudySettings, run_dir
+from casa_adapter.study.settings import StudySettings, record_path, run_dir
 
 
 def snapshot_step(steps: int, every: int, wanted: int) -> int | None:
@@ -64,7 +64,7 @@ def snapshot_run(
         flush=True,
     )
     results = evaluate(arm, steps_run / "recipe.yaml", adapter, arm_dir, settings)
-    base = json.loads((steps_run / "summary.json").read_text())
+    base = json.loads(record_path(settings, arm, seed, "steps").read_text())
     summary = {
         **base,
         "budget": "time",
@@ -78,7 +78,7 @@ def snapshot_run(
         "snapshot": str(adapter),
         "eval": results,
     }
-    write_summary(arm_dir, summary)
+    write_summary(record_path(settings, arm, seed, "time"), summary)
     prune_snapshots(steps_run, keep=adapter)
     print(f"{tag} {arm.name}: accuracy {results['overall']:.1%} at step {step}", flush=True)
     return summary

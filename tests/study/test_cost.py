@@ -14,9 +14,9 @@ from recipe_runs import make_demo_data, tiny_recipe
 
 def test_costs_are_measured_round_robin_and_written(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path / "run", make_demo_data(tmp_path, train=16, val=4))
-    settings = StudySettings(work=str(tmp_path / "work"), threads=1, cost_rounds=2, cost_steps=1)
+    settings = StudySettings(records=str(tmp_path / "records"), threads=1, cost_rounds=2, cost_steps=1)
     costs = measure_costs(settings, recipe, [ARMS["casa"], ARMS["insertion"]])
-    assert read_costs(settings) == costs and (tmp_path / "work" / COSTS).exists()
+    assert read_costs(settings) == costs and (tmp_path / "records" / COSTS).exists()
     assert costs["threads"] == 1 and costs["device"] == "cpu" and "2 rounds x 1 timed steps" in costs["method"]
     for arm in ("casa", "insertion"):
         assert len(costs["arms"][arm]["seconds"]) == 2 and costs["arms"][arm]["median"] > 0
@@ -30,7 +30,7 @@ def test_costs_are_measured_round_robin_and_written(tmp_path, capsys):
 
 
 def test_a_time_run_whose_budget_changed_is_run_again(tmp_path):
-    settings = StudySettings(arms=["casa"], minutes=1.0, work=str(tmp_path), threads=1)
+    settings = StudySettings(arms=["casa"], minutes=1.0, work=str(tmp_path), records=str(tmp_path), threads=1)
     (tmp_path / COSTS).write_text(json.dumps({"threads": 1, "arms": {"casa": {"median": 2.0}}}))  # 30 steps
     folder = run_dir(settings, ARMS["casa"], 0, "time")
     folder.mkdir(parents=True)

@@ -89,18 +89,18 @@ def test_every_run_did_its_own_recipe_seed_and_budget(study):
             lora_arm = {"rank": 8, "alpha": 16.0, "blocks": "from_casa"}
             assert (lora == lora_arm) == (arm == "replace_lora")  # the tiny recipe has rank 4
             assert recipe["data"]["init_args"]["settings"].get("blank_images", False) == (arm == "text_only")
-            summary = json.loads((run / "summary.json").read_text())
+            summary = json.loads((study / "docs" / "results" / "records" / arm / f"steps-seed{seed}.json").read_text())
             assert [p["step"] for p in summary["val"]] == [VAL_EVERY * (i + 1) for i in range(STEPS // VAL_EVERY)]
             assert summary["eval"]["count"] == N_VAL and 0 <= summary["eval"]["overall"] <= 1
             assert summary["eval"]["qtypes"].keys() == {"color", "word_under"}
             assert summary["trainable"] > 0 and summary["peak_rss_mb"] > 100 and summary["step_seconds"] > 0
             assert summary["threads"] == 1
-        costs = json.loads((study / "work" / "costs.json").read_text())  # measured before the runs, side by side
+        costs = json.loads((study / "docs" / "results" / "records" / "costs.json").read_text())  # measured first
         assert costs["threads"] == 1 and set(costs["arms"]) == set(ARMS)
         assert len(costs["arms"][arm]["seconds"]) == COST_ROUNDS * COST_STEPS
         cost = costs["arms"][arm]["median"]
         for seed in SEEDS:  # the time budget: MINUTES at the arm's side-by-side cost, in steps
-            summary = json.loads((study / "work" / arm / f"time-seed{seed}" / "summary.json").read_text())
+            summary = json.loads((study / "docs" / "results" / "records" / arm / f"time-seed{seed}.json").read_text())
             assert summary["requested_steps"] == max(1, round(MINUTES * 60 / cost)) == 1
             assert summary["steps_done"] == summary["budget_steps"] == SNAPSHOT_EVERY and summary["step_cost"] == cost
             steps_run = study / "work" / arm / f"steps-seed{seed}"
@@ -122,7 +122,7 @@ def test_a_trained_time_run_equals_the_snapshot_it_stands_for(study, tmp_path, m
     arm = ALL_ARMS["replace_lora"]
     settings = runner.StudySettings(
         recipe=str(study / "recipe.yaml"), arms=[arm.name], steps=STEPS, val_every=VAL_EVERY, seeds=[0],
-        minutes=1.0, work=str(tmp_path), quiet=True, threads=1,
+        minutes=1.0, work=str(tmp_path), records=str(tmp_path / "records"), quiet=True, threads=1,
     )  # fmt: skip
     monkeypatch.setattr(runner, "time_budget_steps", lambda settings, arm: (2, 0.5))
     base = yaml.safe_load((study / "recipe.yaml").read_text())
@@ -238,7 +238,7 @@ def test_time_runs_read_the_nearest_snapshot():
 
 @pytest.mark.slow
 def test_report_only_and_errors(study, capsys):
-    out = study / "again.md"
+    out, records = study / "again.md", study / "docs" / "results" / "records"
     assert (
         main(
             [
@@ -249,7 +249,9 @@ def test_report_only_and_errors(study, capsys):
                 "--seeds",
                 "0,1",
                 "--work",
-                str(study / "work"),
+                str(study / "gone"),  # the records alone make the report: a lost work folder loses no run
+                "--records",
+                str(records),
                 "--out",
                 str(out),
                 "--report-only",
@@ -259,9 +261,9 @@ def test_report_only_and_errors(study, capsys):
     )
     assert "CASA replacing SA (CA-replace) + LoRA" in out.read_text()
     assert "## Equal wall time" not in out.read_text()  # no --minutes: the equal-steps runs only
-    assert main(["--arms", "casa,nope", "--report-only", "--work", str(study / "work")]) == 2
+    assert main(["--arms", "casa,nope", "--report-only", "--records", str(records)]) == 2
     assert "unknown study arm(s) ['nope']" in capsys.readouterr().err
-    assert main(["--arms", "ca", "--report-only", "--work", str(study / "work")]) == 2
+    assert main(["--arms", "ca", "--report-only", "--records", str(records)]) == 2
     assert "no finished steps run of study arm 'ca' seed 0" in capsys.readouterr().err
 
 
@@ -273,7 +275,7 @@ def test_time_budget_counts_steps_at_the_side_by_side_cost(tmp_path):
     from casa_adapter.study.recipes import arm_recipe
     from casa_adapter.study.runner import StudySettings
 
-    settings = StudySettings(arms=["casa"], seeds=[0, 1, 2], minutes=2.0, work=str(tmp_path), threads=1)
+    settings = StudySettings(arms=["casa"], seeds=[0, 1, 2], minutes=2.0, records=str(tmp_path), threads=1)
     arm = ALL_ARMS["casa"]
     with pytest.raises(FileNotFoundError, match="no step costs .* --costs-only --recipe .* --threads 1 .*--arms casa"):
         time_budget_steps(settings, arm)
@@ -283,7 +285,7 @@ def test_time_budget_counts_steps_at_the_side_by_side_cost(tmp_path):
     with pytest.raises(ValueError, match="has no cost of arm 'ca' .measured: casa"):
         time_budget_steps(settings, ALL_ARMS["ca"])
     with pytest.raises(ValueError, match="measured at threads=1, this study runs at threads=2"):
-        time_budget_steps(StudySettings(minutes=2.0, work=str(tmp_path), threads=2), arm)
+        time_budget_steps(StudySettings(minutes=2.0, records=str(tmp_path), threads=2), arm)
     recipe = arm_recipe({}, arm, settings, tmp_path / "t", 0, "time", 100)
     assert recipe["trainer"]["max_steps"] == 100 and recipe["trainer"]["max_time"] is None
     with pytest.raises(ValueError, match="threads"):

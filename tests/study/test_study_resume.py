@@ -31,7 +31,7 @@ def _base(root: Path) -> dict:
 def _settings(root: Path, work: str, steps: int) -> runner.StudySettings:
     return runner.StudySettings(
         recipe=str(root / "recipe.yaml"), arms=["casa_lora"], steps=steps, val_every=steps, seeds=[0],
-        work=str(root / work), quiet=True, threads=1, resume_every=2,
+        work=str(root / work), records=str(root / work / "records"), quiet=True, threads=1, resume_every=2,
         overrides={"model.init_args.optim.total_steps": STEPS},  # the stopped attempt's schedule is the whole run's
     )  # fmt: skip
 
@@ -49,7 +49,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path):
     runner.run_arm(arm, base, _settings(tmp_path, "b", 2), 1, 1)  # "stopped" at step 2, its checkpoint there
     run = tmp_path / "b" / "casa_lora" / "steps-seed0"
     assert (run / "ckpt" / "last.ckpt").exists()
-    (run / "summary.json").unlink()
+    (tmp_path / "b" / "records" / "casa_lora" / "steps-seed0.json").unlink()  # as if killed before its record
     resumed = runner.run_arm(arm, base, _settings(tmp_path, "b", STEPS), 1, 1)
     assert resumed["resumed"] is True and resumed["steps_done"] == STEPS
     assert resumed["train_seconds"] > json.loads((run / "attempt.json").read_text())["seconds_before"] > 0
