@@ -12,13 +12,16 @@ plus backward and AdamW, on the recipe's device.
 
 The costs go to `RECORDS/costs.json` (with how they were measured) and are reused: a study over arms it lacks,
 or at another thread count, is refused until it is measured again (`--costs-only`), so every arm's budget
-comes from one side-by-side measurement.
+comes from one side-by-side measurement. A study measures them when its first time run needs them
+(`ensure_costs`), so its equal-steps runs start at once; while one process measures, `RECORDS/costs.measuring`
+holds its pid, and another study process that needs the costs waits for them instead of measuring again.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -43,6 +46,12 @@ from casa_adapter.training.optim import OptimSettings, build_optimizer
 
 COSTS = "costs.json"
 """The side-by-side step costs, in the study's records folder."""
+
+MEASURING = "costs.measuring"
+"""Beside `COSTS` while a process measures them: its pid."""
+
+WAIT_SECONDS = 30.0
+"""How often a study process waiting for another one's cost measurement looks again."""
 
 
 def costs_path(settings: StudySettings) -> Path:
@@ -75,6 +84,34 @@ def arm_cost(settings: StudySettings, arm: Arm) -> float:
             f"arm's budget must come from one side-by-side measurement: {how}"
         )
     return costs["arms"][arm.name]["median"]
+
+
+def ensure_costs(settings: StudySettings, base_recipe: dict, arms: list[Arm]) -> dict:
+    """The measured costs: read, waited for while another live process measures them (`MEASURING`), or measured
+    now over `arms`."""
+    marker, waiting = records_dir(settings) / MEASURING, False
+    while (costs := read_costs(settings)) is None:
+        other = _measuring_pid(marker)
+        if other is None:
+            return measure_costs(settings, base_recipe, arms)
+        if not waiting:
+            print(f"[study costs] waiting for process {other}, which is measuring them ({marker})", flush=True)
+            waiting = True
+        time.sleep(WAIT_SECONDS)
+    return costs
+
+
+def _measuring_pid(marker: Path) -> int | None:
+    """The pid in `marker` if that process still runs; None without a marker or when it is stale (its process
+    died: a killed measurement)."""
+    try:
+        pid = int(marker.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return pid
 
 
 def time_budget_steps(settings: StudySettings, arm: Arm) -> tuple[int, float]:
@@ -144,6 +181,18 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 def measure_costs(settings: StudySettings, base_recipe: dict, arms: list[Arm]) -> dict:
     """Time every arm's training step round-robin (see the module docstring) and write `costs.json`."""
+    marker = records_dir(settings) / MEASURING
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(marker, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        costs = _measure(settings, base_recipe, arms)
+    finally:
+        marker.unlink(missing_ok=True)
+    return costs
+
+
+def _measure(settings: StudySettings, base_recipe: dict, arms: list[Arm]) -> dict:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = _device(base_recipe)
@@ -175,11 +224,18 @@ def measure_costs(settings: StudySettings, base_recipe: dict, arms: list[Arm]) -
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "arms": {n: {"median": statistics.median(s), "seconds": s} for n, s in seconds.items()},
     }
-    path = costs_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, "w") as f:
+    with atomic_file(costs_path(settings), "w") as f:
         f.write(json.dumps(costs, indent=2) + "\n")
     return costs
 
 
-__all__ = ["COSTS", "arm_cost", "costs_path", "measure_costs", "read_costs", "time_budget_steps"]
+__all__ = [
+    "COSTS",
+    "MEASURING",
+    "arm_cost",
+    "costs_path",
+    "ensure_costs",
+    "measure_costs",
+    "read_costs",
+    "time_budget_steps",
+]

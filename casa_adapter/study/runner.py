@@ -5,7 +5,7 @@ Budgets: `steps` (every arm the same number of optimizer steps) and, with `Study
 (every arm the same training time, whatever steps that buys; the learning-rate schedule is the equal-steps
 one, decaying over `steps` and held at its floor after that). The time budget is turned into steps per arm,
 `round(minutes * 60 / cost)`, where `cost` is the arm's seconds per step measured side by side with every
-other arm before any time run (`cost.py`, `WORK/costs.json`). A wall clock, or the arm's own training runs'
+other arm before any time run (`cost.py`, `RECORDS/costs.json`). A wall clock, or the arm's own training runs'
 step times, would let whatever else the machine runs meanwhile decide an arm's budget; this way a shared
 machine slows the study down but does not change its result. A time run whose budget no longer matches the
 measured costs (they were measured again) is run again. A `time` run of no more steps than the `steps` runs is
@@ -34,7 +34,7 @@ import yaml
 from casa_adapter.atomic import atomic_file
 from casa_adapter.study.arms import Arm, select
 from casa_adapter.study.children import child, evaluate, write_summary
-from casa_adapter.study.cost import measure_costs, read_costs, time_budget_steps
+from casa_adapter.study.cost import ensure_costs, time_budget_steps
 from casa_adapter.study.curves import read_curves
 from casa_adapter.study.recipes import arm_recipe
 from casa_adapter.study.settings import StudySettings, record_path, run_dir
@@ -48,7 +48,10 @@ def run_arm(
     arm_dir = run_dir(settings, arm, seed, budget)
     arm_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = arm_dir / "recipe.yaml"
-    time_steps, step_cost = time_budget_steps(settings, arm) if budget == "time" else (None, None)
+    time_steps, step_cost = None, None
+    if budget == "time":
+        ensure_costs(settings, base_recipe, select(settings.arms))
+        time_steps, step_cost = time_budget_steps(settings, arm)
     if budget == "time" and (snapshot := find_snapshot(settings, arm, seed, time_steps)) is not None:
         return snapshot_run(arm, settings, f"[study {index}/{total}]", seed, (time_steps, step_cost), snapshot)
     recipe = arm_recipe(base_recipe, arm, settings, arm_dir, seed, budget, time_steps)
@@ -128,10 +131,8 @@ def _runs(settings: StudySettings) -> list[tuple[Arm, int, str]]:
 def run_study(settings: StudySettings) -> list[dict]:
     """Every run in order (a finished one, with its record, is read back, not run again, unless it is a
     time run whose budget changed); the summaries. With `minutes` and no `costs.json` yet, the step costs of
-    `settings.arms` are measured first."""
+    `settings.arms` are measured before the first time run (`cost.ensure_costs`)."""
     base_recipe = yaml.safe_load(Path(settings.recipe).read_text())
-    if settings.minutes is not None and read_costs(settings) is None:
-        measure_costs(settings, base_recipe, select(settings.arms))
     runs, out = _runs(settings), []
     for i, (arm, seed, budget) in enumerate(runs, 1):
         done = record_path(settings, arm, seed, budget)

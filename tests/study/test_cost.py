@@ -4,6 +4,12 @@ a finished time run whose budget no longer matches them is run again."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
 
 from casa_adapter.study.arms import ARMS
 from casa_adapter.study.cost import COSTS, measure_costs, read_costs
@@ -40,3 +46,40 @@ def test_a_time_run_whose_budget_changed_is_run_again(tmp_path):
     assert folder.exists()
     assert not _budget_holds(settings, ARMS["casa"], {"seed": 0, "requested_steps": 34}, "[t]")
     assert not folder.exists()  # cleared, to be run again
+
+
+def test_a_second_study_process_waits_for_the_costs_another_one_measures(tmp_path, monkeypatch, capsys):
+    from casa_adapter.study import cost
+
+    settings = StudySettings(records=str(tmp_path), threads=1)
+    measuring = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / cost.MEASURING).write_text(f"{measuring.pid}\n")
+        monkeypatch.setattr(cost, "WAIT_SECONDS", 0.05)
+        monkeypatch.setattr(cost, "measure_costs", lambda *a: pytest.fail("measured although another process is"))
+        written = {"threads": 1, "arms": {"casa": {"median": 2.0}}}
+        later = threading.Timer(0.3, lambda: (tmp_path / COSTS).write_text(json.dumps(written)))
+        later.start()
+        assert cost.ensure_costs(settings, {}, [ARMS["casa"]]) == written
+        later.join()
+    finally:
+        measuring.kill()
+        measuring.wait()
+    assert capsys.readouterr().out.count(f"waiting for process {measuring.pid}") == 1
+
+
+def test_a_stale_measuring_marker_does_not_block_and_a_measurement_leaves_none(tmp_path, monkeypatch):
+    from casa_adapter.study import cost
+
+    settings = StudySettings(records=str(tmp_path), threads=1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / cost.MEASURING).write_text(f"{dead.pid}\n")  # a killed measurement's leftover
+
+    def measure(settings, base_recipe, arms):
+        assert (tmp_path / cost.MEASURING).read_text().strip() == str(os.getpid())  # marked while it runs
+        return {"threads": 1, "arms": {a.name: {"median": 1.0} for a in arms}}
+
+    monkeypatch.setattr(cost, "_measure", measure)
+    assert cost.ensure_costs(settings, {}, [ARMS["ca"]])["arms"] == {"ca": {"median": 1.0}}
+    assert not (tmp_path / cost.MEASURING).exists()
