@@ -5,6 +5,7 @@ equal-wall-time budget, written up as `docs/results.md` with plots and standard 
     casa-adapter study --recipe recipes/study.yaml --minutes 10     # the reported arms, seeds 0,1,2, 200 steps + 10 min
     casa-adapter study --arms casa,insertion --seeds 0 --steps 100 --out /tmp/study.md
     casa-adapter study --report-only            # rewrite the report from finished runs
+    casa-adapter study --report-only --partial  # an interim report of the runs finished so far
     casa-adapter study --costs-only --threads 1 # the step costs of the equal-wall-time budget, side by side
 """
 
@@ -20,7 +21,7 @@ import yaml
 from casa_adapter.study.arms import ARMS, Arm, select
 from casa_adapter.study.cost import costs_path, measure_costs
 from casa_adapter.study.report import write_report
-from casa_adapter.study.runner import StudySettings, read_summaries, run_study
+from casa_adapter.study.runner import StudySettings, missing_runs, read_summaries, run_study
 
 
 def parser() -> argparse.ArgumentParser:
@@ -108,6 +109,11 @@ def parser() -> argparse.ArgumentParser:
         help="timed steps per arm and round (default: %(default)s)",
     )
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from the records")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --report-only: report the runs finished so far and name the missing ones (an interim report)",
+    )
     p.add_argument("--quiet", action="store_true", help="children's output to WORK/ARM/train.log and eval.log")
     return p
 
@@ -152,12 +158,15 @@ def main(argv: list[str]) -> int:
                 print(f"{name}: {row['median']:.2f} s/step")
             print(f"costs written to {costs_path(settings)}")
             return 0
-        summaries = read_summaries(settings) if args.report_only else run_study(settings)
+        if args.partial and not args.report_only:
+            raise ValueError("--partial goes with --report-only (a study run reports every run it was asked for)")
+        summaries = read_summaries(settings, args.partial) if args.report_only else run_study(settings)
+        missing = missing_runs(settings) if args.partial else []
     except (ValueError, FileNotFoundError) as e:
         print(f"casa-adapter study: error: {e}", file=sys.stderr)
         return 2
-    command = "casa-adapter study " + " ".join(shlex.quote(a) for a in argv if a != "--report-only")
-    path = write_report(summaries, settings, command.strip())
+    command = "casa-adapter study " + " ".join(shlex.quote(a) for a in argv if a not in ("--report-only", "--partial"))
+    path = write_report(summaries, settings, command.strip(), missing)
     print(f"report written to {path}")
     return 0
 

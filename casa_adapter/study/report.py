@@ -214,8 +214,17 @@ def _budget_section(summaries: list[dict], chance, budget: str, settings: Any) -
     return [*out, ""]
 
 
-def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
-    """Write `settings.out` (Markdown) and its plots; returns the Markdown path."""
+def _partial_lines(summaries: list[dict], missing: list[str]) -> list[str]:
+    return [
+        f"**Interim report**: {len(summaries)} runs finished so far; not finished yet: {'; '.join(missing)}. Arms "
+        "with fewer seeds than the others have wider errors (one seed: binomial).",
+        "",
+    ]
+
+
+def write_report(summaries: list[dict], settings: Any, command: str, missing: list[str] | None = None) -> Path:
+    """Write `settings.out` (Markdown) and its plots; returns the Markdown path. `missing`: the runs not finished
+    yet, for an interim report (`--partial`), named at its top."""
     out = Path(settings.out)
     recipe = yaml.safe_load(Path(settings.recipe).read_text())
     chance = chance_levels(recipe)
@@ -254,6 +263,7 @@ def write_report(summaries: list[dict], settings: Any, command: str) -> Path:
         "measure initialisation noise, not data-order noise. "
         "The curves are the teacher-forced answer accuracy logged during training.",
         "",
+        *(_partial_lines(summaries, missing) if missing else []),
         compute_line(summaries),
         "",
         *_budget_section(summaries, chance, "steps", settings),

@@ -37,7 +37,7 @@ from casa_adapter.study.children import child, evaluate, write_summary
 from casa_adapter.study.cost import ensure_costs, time_budget_steps
 from casa_adapter.study.curves import read_curves
 from casa_adapter.study.recipes import arm_recipe
-from casa_adapter.study.settings import StudySettings, record_path, run_dir
+from casa_adapter.study.settings import StudySettings, record_path, records_dir, run_dir
 from casa_adapter.study.snapshots import find_snapshot, snapshot_run
 
 
@@ -157,15 +157,29 @@ def _budget_holds(settings: StudySettings, arm: Arm, summary: dict, tag: str) ->
     return False
 
 
-def read_summaries(settings: StudySettings) -> list[dict]:
-    """The records a previous run wrote, for the runs asked for (a missing one is an error naming it)."""
+def read_summaries(settings: StudySettings, partial: bool = False) -> list[dict]:
+    """The records a previous run wrote, for the runs asked for (a missing one is an error naming it; with
+    `partial`, skipped: `missing_runs` names them)."""
     out = []
     for arm, seed, budget in _runs(settings):
         path = record_path(settings, arm, seed, budget)
+        if partial and not path.exists():
+            continue
         if not path.exists():
             raise FileNotFoundError(
                 f"{path}: no finished {budget} run of study arm {arm.name!r} seed {seed}; run the study without "
                 "--report-only"
             )
         out.append(json.loads(path.read_text()))
+    if not out:
+        raise FileNotFoundError(f"{records_dir(settings)}: no finished run of the study arms asked for yet")
     return out
+
+
+def missing_runs(settings: StudySettings) -> list[str]:
+    """The runs asked for without a record yet, per arm and budget: `insertion steps seeds 1, 2`."""
+    missing: dict[tuple[str, str], list[str]] = {}
+    for arm, seed, budget in _runs(settings):
+        if not record_path(settings, arm, seed, budget).exists():
+            missing.setdefault((arm.name, budget), []).append(str(seed))
+    return [f"{arm} {budget} seed{'s' * (len(s) > 1)} {', '.join(s)}" for (arm, budget), s in missing.items()]

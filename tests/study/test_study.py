@@ -261,6 +261,15 @@ def test_report_only_and_errors(study, capsys):
     )
     assert "CASA replacing SA (CA-replace) + LoRA" in out.read_text()
     assert "## Equal wall time" not in out.read_text()  # no --minutes: the equal-steps runs only
+    interim = study / "interim.md"
+    args = ["--recipe", str(study / "recipe.yaml"), "--arms", "replace_lora,ca", "--seeds", "0,1"]
+    args += ["--out", str(interim)]
+    assert main([*args, "--records", str(records), "--report-only", "--partial"]) == 0
+    text = interim.read_text()
+    assert "**Interim report**: 2 runs finished so far; not finished yet: ca steps seeds 0, 1." in text
+    assert "CASA replacing SA (CA-replace) + LoRA" in text and "--partial" not in text
+    assert main([*args, "--records", str(records), "--partial"]) == 2
+    assert "--partial goes with --report-only" in capsys.readouterr().err
     assert main(["--arms", "casa,nope", "--report-only", "--records", str(records)]) == 2
     assert "unknown study arm(s) ['nope']" in capsys.readouterr().err
     assert main(["--arms", "ca", "--report-only", "--records", str(records)]) == 2
@@ -292,3 +301,20 @@ def test_time_budget_counts_steps_at_the_side_by_side_cost(tmp_path):
         StudySettings(threads=0)
     with pytest.raises(ValueError, match="needs its steps"):
         arm_recipe({}, arm, settings, tmp_path / "t", 0, "time")
+
+
+def test_an_interim_report_reads_the_finished_runs_and_names_the_rest(tmp_path):
+    from casa_adapter.study.arms import ARMS as ALL_ARMS
+    from casa_adapter.study.runner import StudySettings, missing_runs, read_summaries
+    from casa_adapter.study.settings import record_path
+
+    settings = StudySettings(arms=["casa", "ca"], seeds=[0, 1], records=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no finished run of the study arms asked for yet"):
+        read_summaries(settings, partial=True)
+    path = record_path(settings, ALL_ARMS["casa"], 0, "steps")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"arm": "casa", "seed": 0}))
+    assert read_summaries(settings, partial=True) == [{"arm": "casa", "seed": 0}]
+    assert missing_runs(settings) == ["casa steps seed 1", "ca steps seeds 0, 1"]
+    with pytest.raises(FileNotFoundError, match="no finished steps run of study arm 'casa' seed 1"):
+        read_summaries(settings)
