@@ -35,7 +35,7 @@ from casa_adapter.atomic import atomic_file
 from casa_adapter.study.arms import Arm, select
 from casa_adapter.study.children import child, evaluate, write_summary
 from casa_adapter.study.cost import ensure_costs, time_budget_steps
-from casa_adapter.study.curves import read_curves
+from casa_adapter.study.curves import keep_earlier_log, read_curves
 from casa_adapter.study.recipes import arm_recipe
 from casa_adapter.study.settings import StudySettings, record_path, records_dir, run_dir
 from casa_adapter.study.snapshots import find_snapshot, snapshot_run
@@ -88,7 +88,7 @@ def run_arm(
         "resumed": resumed,
         "peak_rss_mb": peak,
         "trainable": manifest["trainable"]["counts"]["total"],
-        **read_curves(arm_dir / "logs" / "metrics.csv"),
+        **read_curves(arm_dir / "logs"),
         "eval": results,
     }
     write_summary(record_path(settings, arm, seed, budget), summary)
@@ -110,6 +110,7 @@ def _attempt(arm_dir: Path, tag: str) -> float | None:
         last = json.loads(record.read_text())
         before = last["seconds_before"] + max(0.0, ckpt.stat().st_mtime - last["started"])
         print(f"{tag}: resuming from {ckpt} ({before / 60:.1f} min trained before)", flush=True)
+        keep_earlier_log(arm_dir / "logs")
     else:
         for stale in ("ckpt", "logs", "adapter", "train.log"):
             path = arm_dir / stale

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from casa_adapter.study import runner
 from casa_adapter.study.arms import ARMS
+from casa_adapter.study.curves import keep_earlier_log, read_curves
 
 from recipe_runs import tiny_recipe
 
@@ -58,7 +59,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path):
     log = (run / "train.log").read_text()  # both attempts: the second restored step 2 instead of starting over
     assert log.count("Restoring states from the checkpoint path") == 1 and str(run / "ckpt" / "last.ckpt") in log
     val_steps = [v["step"] for v in resumed["val"]]
-    assert val_steps == sorted(set(val_steps))  # the repeated log rows after the checkpoint counted once
+    assert val_steps == [2, STEPS]  # the stopped attempt's validation too (Lightning 2.6 deletes an earlier log)
 
 
 def test_a_stopped_run_without_a_checkpoint_starts_over(tmp_path):
@@ -71,3 +72,18 @@ def test_a_stopped_run_without_a_checkpoint_starts_over(tmp_path):
     settings.resume_every = 0
     summary = runner.run_arm(ARMS["casa_lora"], base, settings, 1, 1)
     assert summary["resumed"] is False and summary["steps_done"] == 2 and not (run / "ckpt").exists()
+
+
+def test_curves_join_every_attempt_and_keep_the_later_rows_of_a_step(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    header = "step,perf/tokens_per_s,perf/samples_per_s,perf/step_seconds,val/accuracy,val/loss\n"
+    (logs / "metrics.csv").write_text(header + "0,1,1,9,,\n1,1,1,1,0.1,2.0\n2,1,1,1,,\n")  # killed after step 2
+    keep_earlier_log(logs)
+    (logs / "metrics.csv").write_text(header + "2,1,1,2,,\n3,1,1,2,0.5,1.0\n")  # resumed from step 2's checkpoint
+    keep_earlier_log(logs)
+    (logs / "metrics.csv").write_text(header + "5,1,1,3,0.7,0.5\n")
+    assert sorted(p.name for p in logs.iterdir()) == ["metrics.attempt-1.csv", "metrics.attempt-2.csv", "metrics.csv"]
+    curves = read_curves(logs)
+    assert [(v["step"], v["accuracy"]) for v in curves["val"]] == [(2, 0.1), (4, 0.5), (6, 0.7)]
+    assert curves["steps_done"] == 6 and curves["step_seconds"] == 2.0  # steps 1, 2 (the later row), 3, 5
