@@ -114,6 +114,14 @@ def _measuring_pid(marker: Path) -> int | None:
     return pid
 
 
+def round_medians(costs: dict, arm: str) -> list[float]:
+    """`arm`'s median step time in each round of the measurement (how much it moved between rounds)."""
+    seconds = costs["arms"][arm]["seconds"]
+    rounds = costs.get("rounds") or 1
+    per = len(seconds) // rounds
+    return [statistics.median(seconds[i * per : (i + 1) * per]) for i in range(rounds)]
+
+
 def time_budget_steps(settings: StudySettings, arm: Arm) -> tuple[int, float]:
     """(steps, seconds per step) of `arm`'s equal-wall-time runs: `settings.minutes` at its measured cost."""
     cost = arm_cost(settings, arm)
@@ -219,6 +227,7 @@ def _measure(settings: StudySettings, base_recipe: dict, arms: list[Arm]) -> dic
             f"round-robin over {len(arms)} arms, {settings.cost_rounds} rounds x {settings.cost_steps} timed steps "
             "(one warm-up step each), median"
         ),
+        "rounds": settings.cost_rounds,
         "threads": settings.threads,
         "device": str(device),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -237,5 +246,6 @@ __all__ = [
     "ensure_costs",
     "measure_costs",
     "read_costs",
+    "round_medians",
     "time_budget_steps",
 ]

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from casa_adapter.data.settings import DataSettings
-from casa_adapter.study.cost import read_costs
+from casa_adapter.study.cost import read_costs, round_medians
 from casa_adapter.study.stats import aggregate, difference_table, orderings
 
 
@@ -142,13 +142,21 @@ def _cost(costs: dict | None, arm: str) -> float | None:
     return None if costs is None or arm not in costs["arms"] else costs["arms"][arm]["median"]
 
 
+def _spread(costs: dict | None, arm: str) -> str:
+    """The lowest and highest of `arm`'s round medians, `4.1-4.6`."""
+    if costs is None or arm not in costs["arms"]:
+        return "-"
+    medians = round_medians(costs, arm)
+    return f"{min(medians):.2f}-{max(medians):.2f}"
+
+
 def cost_table(rows: list[dict], costs: dict | None) -> list[str]:
-    """Per arm: trainable parameters, mean training wall time, the step cost measured side by side and each
-    seed's median s/step in its own training run."""
+    """Per arm: trainable parameters, mean training wall time, the step cost measured side by side (median and the
+    range of its round medians) and each seed's median s/step in its own training run."""
     lines = [
-        "| arm | trainable params | train wall (min, mean) | s/step (side by side) | s/step in training, per seed "
-        "(threads) |",
-        "|---|---|---|---|---|",
+        "| arm | trainable params | train wall (min, mean) | s/step (side by side) | its round medians | "
+        "s/step in training, per seed (threads) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         seeds = ", ".join(
@@ -156,7 +164,7 @@ def cost_table(rows: list[dict], costs: dict | None) -> list[str]:
         )
         lines.append(
             f"| {r['label']} | {r['trainable']:,} | {r['train_seconds'] / 60:.1f} | "
-            f"{_num(_cost(costs, r['arm']))} | {seeds or '-'} |"
+            f"{_num(_cost(costs, r['arm']))} | {_spread(costs, r['arm'])} | {seeds or '-'} |"
         )
     return lines
 
@@ -206,8 +214,9 @@ def _budget_section(summaries: list[dict], chance, budget: str, settings: Any) -
             "",
             "Cost (train wall: the whole training process, model load and validation passes included, mean over "
             f"seeds; s/step side by side: every arm's training step timed in one process{how}, the cost the "
-            "equal-time budget was counted with; per seed: the median step time of each training run, which "
-            "depends on what else the machine ran then):",
+            "equal-time budget was counted with; its round medians: the lowest and highest median of one round, "
+            "how far the measurement moved with the load beside it; per seed: the median step time of each training "
+            "run, which depends on what else the machine ran then):",
             "",
             *cost_table(rows, costs),
         ]

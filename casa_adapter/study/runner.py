@@ -178,9 +178,17 @@ def read_summaries(settings: StudySettings, partial: bool = False) -> list[dict]
 
 
 def missing_runs(settings: StudySettings) -> list[str]:
-    """The runs asked for without a record yet, per arm and budget: `insertion steps seeds 1, 2`."""
-    missing: dict[tuple[str, str], list[str]] = {}
+    """The runs asked for without a record yet: `ca (every run)` for an arm without any, else per budget,
+    `insertion steps seeds 1, 2`."""
+    missing: dict[str, dict[str, list[str]]] = {}
     for arm, seed, budget in _runs(settings):
         if not record_path(settings, arm, seed, budget).exists():
-            missing.setdefault((arm.name, budget), []).append(str(seed))
-    return [f"{arm} {budget} seed{'s' * (len(s) > 1)} {', '.join(s)}" for (arm, budget), s in missing.items()]
+            missing.setdefault(arm.name, {}).setdefault(budget, []).append(str(seed))
+    every = len(settings.seeds) * len(settings.budgets())
+    out = []
+    for arm, budgets in missing.items():
+        if sum(map(len, budgets.values())) == every:
+            out.append(f"{arm} (every run)")
+        else:
+            out += [f"{arm} {budget} seed{'s' * (len(s) > 1)} {', '.join(s)}" for budget, s in budgets.items()]
+    return out

@@ -24,6 +24,7 @@ def test_costs_are_measured_round_robin_and_written(tmp_path, capsys):
     costs = measure_costs(settings, recipe, [ARMS["casa"], ARMS["insertion"]])
     assert read_costs(settings) == costs and (tmp_path / "records" / COSTS).exists()
     assert costs["threads"] == 1 and costs["device"] == "cpu" and "2 rounds x 1 timed steps" in costs["method"]
+    assert costs["rounds"] == 2
     for arm in ("casa", "insertion"):
         assert len(costs["arms"][arm]["seconds"]) == 2 and costs["arms"][arm]["median"] > 0
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[study costs]")]
@@ -83,3 +84,10 @@ def test_a_stale_measuring_marker_does_not_block_and_a_measurement_leaves_none(t
     monkeypatch.setattr(cost, "_measure", measure)
     assert cost.ensure_costs(settings, {}, [ARMS["ca"]])["arms"] == {"ca": {"median": 1.0}}
     assert not (tmp_path / cost.MEASURING).exists()
+
+
+def test_round_medians_split_the_timed_steps_by_round():
+    from casa_adapter.study.cost import round_medians
+
+    costs = {"rounds": 2, "arms": {"casa": {"median": 6.5, "seconds": [1.0, 2.0, 9.0, 10.0, 20.0, 30.0]}}}
+    assert round_medians(costs, "casa") == [2.0, 20.0]

@@ -266,7 +266,7 @@ def test_report_only_and_errors(study, capsys):
     args += ["--out", str(interim)]
     assert main([*args, "--records", str(records), "--report-only", "--partial"]) == 0
     text = interim.read_text()
-    assert "**Interim report**: 2 runs finished so far; not finished yet: ca steps seeds 0, 1." in text
+    assert "**Interim report**: 2 runs finished so far; not finished yet: ca (every run)." in text
     assert "CASA replacing SA (CA-replace) + LoRA" in text and "--partial" not in text
     assert main([*args, "--records", str(records), "--partial"]) == 2
     assert "--partial goes with --report-only" in capsys.readouterr().err
@@ -315,6 +315,6 @@ def test_an_interim_report_reads_the_finished_runs_and_names_the_rest(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"arm": "casa", "seed": 0}))
     assert read_summaries(settings, partial=True) == [{"arm": "casa", "seed": 0}]
-    assert missing_runs(settings) == ["casa steps seed 1", "ca steps seeds 0, 1"]
+    assert missing_runs(settings) == ["casa steps seed 1", "ca (every run)"]
     with pytest.raises(FileNotFoundError, match="no finished steps run of study arm 'casa' seed 1"):
         read_summaries(settings)
