@@ -243,7 +243,14 @@ def write_report(summaries: list[dict], settings: Any, command: str, missing: li
     n_eval = summaries[0]["eval"]["count"] if summaries else 0
     recipe_seed = data.get("settings", {}).get("seed", DataSettings.seed)
     data_seed = settings.overrides.get("data.init_args.settings.seed", recipe_seed)
-    se_note = "over seeds" if all(len(r["seeds"]) > 1 for r in aggregate(summaries, "steps")) else "binomial (one seed)"
+    seeds = [len(r["seeds"]) for r in aggregate(summaries, "steps")]
+    se_note = (
+        "over seeds"
+        if all(n > 1 for n in seeds)
+        else "binomial (one seed)"
+        if all(n == 1 for n in seeds)
+        else "over seeds, binomial for an arm with one seed"
+    )
     lines = [
         "# Design study: CASA variants, placements, LoRA and token insertion",
         "",

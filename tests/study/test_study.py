@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -223,9 +224,10 @@ def test_cost_table_shows_the_side_by_side_cost_and_each_seeds_own():
         for s, cost in enumerate(({"step_seconds": 2.0, "threads": 2}, {"step_seconds": 3.5, "threads": 1}, {}))
     ]  # fmt: skip
     (row,) = aggregate(runs, "steps")
-    costs = {"arms": {"x": {"median": 3.1}}}
-    assert cost_table([row], costs)[2] == "| X | 7 | 2.0 | 3.10 | 2.00 (2), 3.50 (1) |"
-    assert cost_table([row], None)[2] == "| X | 7 | 2.0 | - | 2.00 (2), 3.50 (1) |"
+    seconds = [3.0, 3.1, 3.2, 2.8, 2.9, 3.3, 3.4, 3.6, 3.5]  # 3 rounds x 3 steps: round medians 3.1, 2.9, 3.5
+    costs = {"rounds": 3, "arms": {"x": {"median": 3.1, "seconds": seconds}}}
+    assert cost_table([row], costs)[2] == "| X | 7 | 2.0 | 3.10 | 2.90-3.50 | 2.00 (2), 3.50 (1) |"
+    assert cost_table([row], None)[2] == "| X | 7 | 2.0 | - | - | 2.00 (2), 3.50 (1) |"
 
 
 def test_time_runs_read_the_nearest_snapshot():
@@ -268,6 +270,12 @@ def test_report_only_and_errors(study, capsys):
     text = interim.read_text()
     assert "**Interim report**: 2 runs finished so far; not finished yet: ca (every run)." in text
     assert "CASA replacing SA (CA-replace) + LoRA" in text and "--partial" not in text
+    fewer = study / "fewer-records"  # one arm down to one seed: its error is binomial, the other's over seeds
+    shutil.copytree(records, fewer)
+    (fewer / "text_only" / "steps-seed1.json").unlink()
+    mixed = ["--arms", "replace_lora,text_only", "--records", str(fewer), "--report-only", "--partial"]
+    assert main([*args[:2], *mixed, "--seeds", "0,1", "--out", str(study / "mixed.md")]) == 0
+    assert "standard errors are over seeds, binomial for an arm with one seed." in (study / "mixed.md").read_text()
     assert main([*args, "--records", str(records), "--partial"]) == 2
     assert "--partial goes with --report-only" in capsys.readouterr().err
     assert main(["--arms", "casa,nope", "--report-only", "--records", str(records)]) == 2
