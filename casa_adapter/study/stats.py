@@ -124,7 +124,11 @@ def orderings(rows: list[dict]) -> list[str]:
     by_name = {r["arm"]: r for r in rows}
     wanted = [(r, by_name["casa"]) for r in rows if "casa" in by_name and r["arm"] != "casa"]
     wanted += [(r, by_name[r["arm"][:-5]]) for r in rows if r["arm"].endswith("_lora") and r["arm"][:-5] in by_name]
-    pairs += [(a, b) for a, b in wanted if (a, b) not in pairs and (b, a) not in pairs]
+    seen = {frozenset((a["arm"], b["arm"])) for a, b in pairs}
+    for a, b in wanted:  # `casa_lora` is both an arm against `casa` and `casa`'s LoRA twin: listed once
+        if (key := frozenset((a["arm"], b["arm"]))) not in seen:
+            seen.add(key)
+            pairs.append((a, b))
     out = []
     for a, b in pairs:
         diff, se, critical, resolved = compare(a, b)

@@ -204,14 +204,18 @@ def test_difference_table_and_lora_twins_in_the_orderings():
     rows = aggregate(
         [run("casa", s, 0.50 + d, 0.50 + d) for s, d in enumerate(spread)]
         + [run("ca", s, 0.51 + d, 0.80 + d) for s, d in enumerate(spread)]  # far ahead on `a` only
-        + [run("ca_lora", s, 0.52 + d, 0.80 + d) for s, d in enumerate(spread)],
+        + [run("ca_lora", s, 0.52 + d, 0.80 + d) for s, d in enumerate(spread)]
+        + [run("casa_lora", s, 0.60 + d, 0.60 + d) for s, d in enumerate(spread)],  # against casa twice over
         "steps",
     )
     table = difference_table(rows)
     assert table[0] == "| arm - casa | overall | a | b |"
     assert table[2] == "| ca | +1.0 | +30.0 * | +1.0 |" and table[3].startswith("| ca_lora | +2.0 | +30.0 * |")
     assert difference_table(rows[1:]) == []  # no casa arm, no table
-    assert any(line.startswith("- ca_lora - ca: +1.0") for line in orderings(rows))  # the twin against its arm
+    lines = orderings(rows)
+    assert any(line.startswith("- ca_lora - ca: +1.0") for line in lines)  # the twin against its arm
+    assert [line[:25] for line in lines if "casa_lora - casa:" in line] == ["- casa_lora - casa: +10.0"]
+    assert len(lines) == len({line.split(":")[0] for line in lines})  # no pair listed twice
 
 
 def test_cost_table_shows_the_side_by_side_cost_and_each_seeds_own():
