@@ -22,9 +22,11 @@ def set_path(config: dict, path: str, value: Any) -> None:
     node[last] = value
 
 
-def resume_checkpoint(arm_dir: Path, every: int) -> dict:
-    """The ModelCheckpoint a study run resumes from: `arm_dir/ckpt/last.ckpt` only, rewritten every `every` steps."""
-    return {
+def resume_callbacks(arm_dir: Path, every: int) -> list[dict]:
+    """The ModelCheckpoint a study run resumes from (`arm_dir/ckpt/last.ckpt` only, rewritten every `every` steps)
+    and a Lightning `Timer` without a limit, whose training seconds so far go into that checkpoint and carry on
+    from there when the run resumes (what `runner.py` counts: a file's write time changes when it is copied)."""
+    checkpoint = {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {
             "dirpath": str(arm_dir / "ckpt"),
@@ -33,6 +35,11 @@ def resume_checkpoint(arm_dir: Path, every: int) -> dict:
             "save_top_k": 0,
         },
     }
+    timer = {  # interval given as text: jsonargparse cannot write the default (an enum) into the run's config
+        "class_path": "lightning.pytorch.callbacks.Timer",
+        "init_args": {"interval": "step", "verbose": False},
+    }
+    return [checkpoint, timer]
 
 
 def arm_recipe(
@@ -68,7 +75,7 @@ def arm_recipe(
                 "flush_logs_every_n_steps": settings.resume_every or 100,
             },
         },
-        callbacks=[resume_checkpoint(arm_dir, settings.resume_every)] if settings.resume_every else [],
+        callbacks=resume_callbacks(arm_dir, settings.resume_every) if settings.resume_every else [],
     )
     config["adapter"] = {"dirpath": str(arm_dir / "adapter")}
     if budget == "steps" and settings.minutes is not None and settings.snapshot_every:  # for the time runs
@@ -85,4 +92,4 @@ def arm_recipe(
     return config
 
 
-__all__ = ["arm_recipe", "resume_checkpoint", "set_path"]
+__all__ = ["arm_recipe", "resume_callbacks", "set_path"]

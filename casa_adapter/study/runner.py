@@ -17,21 +17,20 @@ question type), and a record `RECORDS/ARM/BUDGET-seedN.json` (its summary: what 
 marks the run finished; `StudySettings.records`, small enough to commit with the report). Training runs in a child
 process so that each arm's peak resident memory is its own (`os.wait4` rusage). A run stopped before its record (the
 study was killed) continues from `ckpt/last.ckpt` when the study is started again (`StudySettings.resume_every`;
-Lightning restores the weights, optimizer, schedule and data position); its training seconds add each attempt's time
-up to the checkpoint it was resumed from (`attempt.json`). A stopped run without a checkpoint starts over in a
-cleared folder.
+Lightning restores the weights, optimizer, schedule and data position); its training seconds are the checkpoint's
+`Timer` state (the attempts' training time up to it) plus the last attempt's. A stopped run without a checkpoint
+starts over in a cleared folder.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
+import torch
 import yaml
 
-from casa_adapter.atomic import atomic_file
 from casa_adapter.study.arms import Arm, select
 from casa_adapter.study.children import child, evaluate, write_summary
 from casa_adapter.study.cost import ensure_costs, time_budget_steps
@@ -103,24 +102,33 @@ def run_arm(
 def _attempt(arm_dir: Path, tag: str) -> float | None:
     """Start a training attempt in `arm_dir`: None when it starts from scratch (what a stopped attempt without a
     checkpoint left is cleared), else the training seconds of the earlier attempts up to the checkpoint it resumes
-    from (each attempt's start is in `attempt.json`; the checkpoint's write time is where the last one got to)."""
-    ckpt, record = arm_dir / "ckpt" / "last.ckpt", arm_dir / "attempt.json"
-    before = None
-    if ckpt.exists() and record.exists():
-        last = json.loads(record.read_text())
-        before = last["seconds_before"] + max(0.0, ckpt.stat().st_mtime - last["started"])
+    from."""
+    ckpt = arm_dir / "ckpt" / "last.ckpt"
+    if ckpt.exists():
+        before = checkpoint_train_seconds(ckpt)
         print(f"{tag}: resuming from {ckpt} ({before / 60:.1f} min trained before)", flush=True)
         keep_earlier_log(arm_dir / "logs")
-    else:
-        for stale in ("ckpt", "logs", "adapter", "train.log"):
-            path = arm_dir / stale
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-    with atomic_file(record, "w") as f:  # a study killed while writing it must still resume
-        json.dump({"started": time.time(), "seconds_before": before or 0.0}, f)
-    return before
+        return before
+    for stale in ("ckpt", "logs", "adapter", "train.log"):
+        path = arm_dir / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return None
+
+
+def checkpoint_train_seconds(ckpt: Path) -> float:
+    """The training seconds a resume checkpoint was written at, over all attempts: the state of its `Timer`
+    (`recipes.resume_callbacks`), which Lightning restores on resume, so it goes on counting from there."""
+    state = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)  # mmap: tensors not read
+    try:
+        return float(state["callbacks"]["Timer"]["time_elapsed"]["train"])
+    except KeyError:
+        raise RuntimeError(
+            f"resume checkpoint {ckpt} holds no Timer state, so its training time is unknown; delete "
+            f"{ckpt.parent} to train that run again from the start"
+        ) from None
 
 
 def _runs(settings: StudySettings) -> list[tuple[Arm, int, str]]:
