@@ -50,9 +50,11 @@ def arm_recipe(
     seed: int = 0,
     budget: str = "steps",
     time_steps: int | None = None,
+    snapshots: list[int] | None = None,
 ) -> dict:
     """The recipe one run does: the shared one, its seed, budget and output folders, then the arm's changes.
-    `time_steps`: the steps of a `time` run (`time_budget_steps`)."""
+    `time_steps`: the steps of a `time` run (`time_budget_steps`). `snapshots`: the steps at which a `steps` run
+    writes the adapters its `time` runs will read, when their budget is known (None: every `snapshot_every` steps)."""
     config = copy.deepcopy(base)
     config["seed_everything"] = seed
     trainer = config.setdefault("trainer", {})
@@ -79,9 +81,11 @@ def arm_recipe(
     )
     config["adapter"] = {"dirpath": str(arm_dir / "adapter")}
     if budget == "steps" and settings.minutes is not None and settings.snapshot_every:  # for the time runs
-        config["adapter"].update(
-            every_n_steps=settings.snapshot_every, keep_last=settings.steps // settings.snapshot_every
-        )
+        if snapshots is None:
+            grid = settings.snapshot_every
+            config["adapter"].update(every_n_steps=grid, keep_last=settings.steps // grid)
+        elif snapshots:
+            config["adapter"]["at_steps"] = snapshots
     if timed:  # the equal-steps runs' schedule (decay over `steps`), held at its floor after that
         set_path(config, "model.init_args.optim.total_steps", settings.steps)
     changes = dict(settings.overrides)

@@ -19,7 +19,9 @@ process so that each arm's peak resident memory is its own (`os.wait4` rusage). 
 study was killed) continues from `ckpt/last.ckpt` when the study is started again (`StudySettings.resume_every`;
 Lightning restores the weights, optimizer, schedule and data position); its training seconds are the checkpoint's
 `Timer` state (the attempts' training time up to it) plus the last attempt's. A stopped run without a checkpoint
-starts over in a cleared folder.
+starts over in a cleared folder; a finished run's resume checkpoint is deleted. A `steps` run keeps, besides its
+final adapter, only the snapshot its `time` runs will read once the costs are measured (before that, the whole
+`snapshot_every` grid).
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ import yaml
 
 from casa_adapter.study.arms import Arm, select
 from casa_adapter.study.children import child, evaluate, write_summary
-from casa_adapter.study.cost import ensure_costs, time_budget_steps
+from casa_adapter.study.cost import ensure_costs, read_costs, time_budget_steps
 from casa_adapter.study.curves import keep_earlier_log, read_curves
 from casa_adapter.study.recipes import arm_recipe
 from casa_adapter.study.settings import StudySettings, record_path, records_dir, run_dir
-from casa_adapter.study.snapshots import find_snapshot, snapshot_run
+from casa_adapter.study.snapshots import find_snapshot, snapshot_run, snapshot_step
 
 
 def run_arm(
@@ -53,7 +55,8 @@ def run_arm(
         time_steps, step_cost = time_budget_steps(settings, arm)
     if budget == "time" and (snapshot := find_snapshot(settings, arm, seed, time_steps)) is not None:
         return snapshot_run(arm, settings, f"[study {index}/{total}]", seed, (time_steps, step_cost), snapshot)
-    recipe = arm_recipe(base_recipe, arm, settings, arm_dir, seed, budget, time_steps)
+    snapshots = _snapshots_for_time_runs(settings, arm) if budget == "steps" else None
+    recipe = arm_recipe(base_recipe, arm, settings, arm_dir, seed, budget, time_steps, snapshots)
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     amount = f"{settings.steps} steps"
     if budget == "time":
@@ -97,6 +100,16 @@ def run_arm(
         flush=True,
     )
     return summary
+
+
+def _snapshots_for_time_runs(settings: StudySettings, arm: Arm) -> list[int] | None:
+    """The snapshot steps `arm`'s time runs will read, once the costs are measured (one step on the
+    `snapshot_every` grid, none when they read the final adapter or train), else None (the whole grid is kept)."""
+    costs = read_costs(settings)
+    if costs is None or costs["threads"] != settings.threads or arm.name not in costs["arms"] or not settings.minutes:
+        return None
+    step = snapshot_step(settings.steps, settings.snapshot_every, time_budget_steps(settings, arm)[0])
+    return [] if step is None or step == settings.steps else [step]
 
 
 def _attempt(arm_dir: Path, tag: str) -> float | None:
@@ -151,6 +164,7 @@ def run_study(settings: StudySettings) -> list[dict]:
                 out.append(summary)
                 continue
         out.append(run_arm(arm, base_recipe, settings, i, len(runs), seed, budget))
+        shutil.rmtree(run_dir(settings, arm, seed, budget) / "ckpt", ignore_errors=True)  # finished: no resuming
     return out
 
 

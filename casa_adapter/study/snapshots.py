@@ -3,11 +3,13 @@
 A `time` run of N steps trains the arm's recipe with `max_steps=N` and the learning-rate schedule of
 the `steps` runs (decay over `steps`). For N <= steps that is the same computation as the first N steps
 of the arm's `steps` run with the same seed (same initialisation, data order and schedule), so its
-model is that run's adapter at step N. With `StudySettings.snapshot_every` > 0 the `steps` runs save
-their adapter every that many steps (`AdapterCheckpoint`, `adapter/step-NNNNNN`), and a `time` run of
-N <= steps steps is evaluated on the snapshot nearest to N on that grid; the snapshots it does not use
-are deleted after it. A `time` run of more steps than `steps` (an arm cheaper than the budget assumes)
-still trains. tests/study/test_study.py checks that a trained N-step run's adapter equals the snapshot.
+model is that run's adapter at step N. With `StudySettings.snapshot_every` > 0 a `time` run of N <= steps
+steps is evaluated on the `steps` run's adapter at the step nearest to N on the `snapshot_every` grid
+(`AdapterCheckpoint`, `adapter/step-NNNNNN`): a `steps` run that starts after the costs are measured
+saves just that step (`AdapterCheckpoint.at_steps`), one that starts before saves the whole grid, and
+the snapshots the `time` run does not use are deleted after it. A `time` run of more steps than `steps`
+(an arm cheaper than the budget assumes) still trains. tests/study/test_study.py checks that a trained
+N-step run's adapter equals the snapshot.
 """
 
 from __future__ import annotations

@@ -33,10 +33,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class AdapterCheckpoint(L.Callback):
-    """Write `dirpath/step-NNNNNN` adapters every `every_n_steps` and `dirpath/final` at the end."""
+    """Write `dirpath/step-NNNNNN` adapters every `every_n_steps` (the newest `keep_last` kept) and at each of
+    `at_steps` (always kept: e.g. the steps a shorter run of the same schedule would end at), and `dirpath/final`
+    at the end."""
 
-    def __init__(self, dirpath: str = "runs/adapter", every_n_steps: int = 0, keep_last: int = 2) -> None:
+    def __init__(
+        self,
+        dirpath: str = "runs/adapter",
+        every_n_steps: int = 0,
+        keep_last: int = 2,
+        at_steps: list[int] | None = None,
+    ) -> None:
         self.dirpath, self.every_n_steps, self.keep_last = Path(dirpath), every_n_steps, keep_last
+        self.at_steps = set(at_steps or ())
         self._last_saved = -1
 
     def _save(self, trainer: L.Trainer, module: L.LightningModule, name: str) -> Path | None:
@@ -48,7 +57,8 @@ class AdapterCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if not self.every_n_steps or step == 0 or step % self.every_n_steps or step == self._last_saved:
+        on_grid = bool(self.every_n_steps) and step % self.every_n_steps == 0
+        if step == 0 or step == self._last_saved or not (on_grid or step in self.at_steps):
             return
         self._last_saved = step
         if self._save(trainer, module, f"step-{step:06d}") is not None:
@@ -60,7 +70,7 @@ class AdapterCheckpoint(L.Callback):
             print(f"adapter saved to {target}\nload it with: casa_adapter.load_adapter({str(target)!r}, base_llm)")
 
     def _prune(self) -> None:
-        steps = sorted(self.dirpath.glob("step-*"))
+        steps = sorted(p for p in self.dirpath.glob("step-*") if int(p.name.removeprefix("step-")) not in self.at_steps)
         for old in steps[: max(0, len(steps) - self.keep_last)]:
             shutil.rmtree(old, ignore_errors=True)
 

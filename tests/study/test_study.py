@@ -58,6 +58,8 @@ def study(tmp_path_factory) -> Path:
                 str(MINUTES),
                 "--snapshot-every",
                 str(SNAPSHOT_EVERY),
+                "--resume-every",
+                "2",
                 "--cost-rounds",
                 str(COST_ROUNDS),
                 "--cost-steps",
@@ -90,6 +92,11 @@ def test_every_run_did_its_own_recipe_seed_and_budget(study):
             lora_arm = {"rank": 8, "alpha": 16.0, "blocks": "from_casa"}
             assert (lora == lora_arm) == (arm == "replace_lora")  # the tiny recipe has rank 4
             assert recipe["data"]["init_args"]["settings"].get("blank_images", False) == (arm == "text_only")
+            if arm == ARMS[0]:  # it ran before the costs were measured (before its first time run): the whole grid
+                assert recipe["adapter"]["every_n_steps"] == SNAPSHOT_EVERY and "at_steps" not in recipe["adapter"]
+            else:  # after: just the step its time runs read
+                assert recipe["adapter"]["at_steps"] == [SNAPSHOT_EVERY] and "every_n_steps" not in recipe["adapter"]
+            assert not (run / "ckpt").exists()  # finished: its resume checkpoint deleted
             summary = json.loads((study / "docs" / "results" / "records" / arm / f"steps-seed{seed}.json").read_text())
             assert [p["step"] for p in summary["val"]] == [VAL_EVERY * (i + 1) for i in range(STEPS // VAL_EVERY)]
             assert summary["eval"]["count"] == N_VAL and 0 <= summary["eval"]["overall"] <= 1
