@@ -140,8 +140,8 @@ class ParamReport(L.Callback):
 
     @staticmethod
     def _sums(module) -> dict:
-        """Per parameter, a SHA-256 of its bytes: exact, where a float sum's last digits depend on the reduction
-        order (the ranks' thread counts: seen as a 1-ulp difference between two ranks' identical frozen weights)."""
+        """Per parameter, a SHA-256 of its bytes: exact, where a float sum's last digit depends on the order of the
+        reduction (a 1-ulp difference between two ranks' sums of the same frozen weight failed CI)."""
         report = {"trainable": {}, "frozen": {}}
         for name, p in module.model.named_parameters():
             t = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().contiguous()

@@ -35,7 +35,7 @@ import yaml
 
 from casa_adapter.study.arms import Arm, select
 from casa_adapter.study.children import child, evaluate, write_summary
-from casa_adapter.study.cost import ensure_costs, read_costs, time_budget_steps
+from casa_adapter.study.cost import ensure_costs, time_budget_steps
 from casa_adapter.study.curves import keep_earlier_log, read_curves
 from casa_adapter.study.recipes import arm_recipe
 from casa_adapter.study.settings import StudySettings, record_path, records_dir, run_dir
@@ -105,10 +105,13 @@ def run_arm(
 def _snapshots_for_time_runs(settings: StudySettings, arm: Arm) -> list[int] | None:
     """The snapshot steps `arm`'s time runs will read, once the costs are measured (one step on the
     `snapshot_every` grid, none when they read the final adapter or train), else None (the whole grid is kept)."""
-    costs = read_costs(settings)
-    if costs is None or costs["threads"] != settings.threads or arm.name not in costs["arms"] or not settings.minutes:
+    if not settings.minutes:
         return None
-    step = snapshot_step(settings.steps, settings.snapshot_every, time_budget_steps(settings, arm)[0])
+    try:
+        wanted, _ = time_budget_steps(settings, arm)
+    except (FileNotFoundError, ValueError):  # no costs yet, or none of this arm at these threads
+        return None
+    step = snapshot_step(settings.steps, settings.snapshot_every, wanted)
     return [] if step is None or step == settings.steps else [step]
 
 
